@@ -1,0 +1,196 @@
+"""Agents: decode, call the engine, emit. No business logic lives here.
+
+One agent reads both co-partitioned inputs (``ad-impressions`` and ``user-feedback``) as one
+stream, in batches (``noack_take``): every event of a batch is validated and fed to the engine,
+the outputs are produced, the engine checkpoints its state to the changelog table, and only then
+are the batch's events acknowledged. Faust commits acknowledged offsets after flushing the
+producer, so offsets never run ahead of the state and alerts they depend on (at-least-once;
+alert ids are deterministic, so a replay re-emits the same ids).
+
+A once-a-second task tells the engine which input partitions are caught up (next offset at the
+highwater), so an idle or empty input does not hold windows open; it shares a lock with the
+batch loop, so no checkpoint ever includes half a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from riskstream.engine import ModelConfig
+from riskstream.events import InvalidEvent, dead_letter_record, validate_feedback, validate_impression
+
+log = logging.getLogger("riskstream.agents")
+
+
+def register_agents(ra: Any) -> None:
+    app = ra.faust_app
+    engine = ra.engine
+    metrics = ra.metrics
+    settings = ra.settings
+    limits = ra.limits
+    topics = ra.topics
+    source_of = {topics["impressions"]: ("impression", validate_impression),
+                 topics["feedback"]: ("feedback", validate_feedback)}
+    input_names = set(source_of)
+    positions: dict[Any, int] = {}  # next offset to process, per owned input partition
+    lock = asyncio.Lock()
+    out_topic = {"alert": topics["alerts"], "shadow_alert": topics["shadow_alerts"],
+                 "score": topics["scores"]}
+
+    async def emit(outputs: list) -> None:
+        now = time.time()
+        for o in outputs:
+            await out_topic[o.kind].send(key=o.key.encode(), value=orjson.dumps(o.record))
+            if o.kind == "score":
+                metrics.windows_closed.inc()
+                metrics.window_close_lag_seconds.set(now - o.record["window"]["end"] / 1000)
+            else:
+                r = o.record
+                metrics.alerts.labels(r["severity"], r["mode"], r["status"]).inc()
+                if o.kind == "alert":
+                    metrics.event_to_alert_seconds.observe(max(now - r["window"]["end"] / 1000, 0))
+                    log.info("alert %s %s %s", r["status"], r["advertiser_id"], r["severity"],
+                             extra={"alert_id": r["alert_id"], "advertiser_id": r["advertiser_id"]})
+
+    def checkpoint() -> None:
+        writes = engine.checkpoint()
+        metrics.checkpoints.inc()
+        metrics.checkpoint_writes.inc(writes)
+
+    @app.agent(topics["inputs"], name="risk-events")
+    async def risk_events(stream: Any) -> None:
+        async for batch in stream.noack_take(settings.checkpoint_max_events,
+                                             within=settings.checkpoint_interval_s):
+            started = time.perf_counter()
+            async with lock:
+                assigned = app.consumer.assignment()
+                now_ms = int(time.time() * 1000)
+                consumed: dict[str, int] = {}
+                for event in batch:
+                    msg = event.message
+                    if msg.tp not in assigned:
+                        continue  # revoked mid-batch: the new owner replays it
+                    source, validate = source_of[msg.topic]
+                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
+                    positions[msg.tp] = msg.offset + 1
+                    raw = event.value if event.value is not None else b""
+                    try:
+                        ev = validate(raw, now_ms, limits)
+                        highwater = app.consumer.highwater(msg.tp)
+                        caught_up = highwater is not None and msg.offset + 1 >= highwater
+                        outputs = engine.process(ev, msg.partition, caught_up)
+                    except InvalidEvent as exc:
+                        await dead_letter(msg, raw, exc, now_ms)
+                        continue
+                    if outputs:
+                        await emit(outputs)
+                for topic, n in consumed.items():
+                    metrics.events_consumed.labels(topic).inc(n)
+                checkpoint()
+                for event in batch:
+                    await stream.ack(event)
+            metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def dead_letter(msg: Any, raw: bytes, exc: InvalidEvent, now_ms: int) -> None:
+        if exc.reason == "late_event":
+            metrics.events_late.labels(msg.topic).inc()
+        metrics.events_invalid.labels(msg.topic, exc.reason).inc()
+        record = dead_letter_record(raw, exc, topic=msg.topic, partition=msg.partition,
+                                    offset=msg.offset, at_ms=now_ms)
+        await topics["dead_letter"].send(key=msg.key, value=record)
+        log.warning("dead-letter %s", exc.reason,
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+
+    earliest: dict[Any, int] = {}
+
+    @app.timer(interval=1.0)
+    async def track_inputs() -> None:
+        """Mark caught-up input partitions (closes windows of idle inputs); export lag."""
+        consumer = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in input_names]
+        if not tps or app.rebalancing:
+            return
+        try:
+            highwaters = await consumer.highwaters(*tps)
+            missing = [tp for tp in tps if tp not in positions and tp not in earliest]
+            if missing:
+                earliest.update(await consumer.earliest_offsets(*missing))
+        except Exception as exc:  # broker away: try again next second
+            log.warning("could not read highwaters: %s", exc)
+            return
+        async with lock:
+            outputs = []
+            for tp in tps:
+                hw = highwaters.get(tp)
+                if hw is None or tp not in consumer.assignment():
+                    continue
+                nxt = positions.get(tp)
+                if nxt is None:
+                    committed = consumer._committed_offset.get(tp)
+                    nxt = committed if committed is not None else earliest.get(tp, 0)
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
+                if nxt >= hw:
+                    outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
+            if outputs:
+                await emit(outputs)
+                checkpoint()
+        metrics.active_advertisers.set(engine.active_advertisers())
+
+    @app.task
+    async def follow_model_control() -> None:
+        """Every worker reads the whole compacted control topic (no consumer group)."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            topics["model_control"], bootstrap_servers=ra.bootstrap, group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+            **aiokafka_security(settings))
+        await consumer.start()
+        try:
+            async for msg in consumer:
+                try:
+                    cfg = ModelConfig.from_json(orjson.loads(msg.value))
+                except Exception as exc:  # a bad control record must never stop the worker
+                    log.error("ignoring invalid model config at offset %s: %s", msg.offset, exc)
+                    continue
+                async with lock:
+                    if engine.apply_model_config(cfg):
+                        metrics.model_config_version.set(cfg.version)
+                        log.info("model config v%s applied: enforce=%s shadows=%s", cfg.version,
+                                 cfg.enforce, ",".join(cfg.shadows))
+        finally:
+            await consumer.stop()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        metrics.rebalances.inc()
+        engine.revoke({tp.partition for tp in revoked if tp.topic in input_names})
+        for tp in revoked:
+            if tp.topic in input_names:
+                positions.pop(tp, None)
+                earliest.pop(tp, None)
+                try:
+                    metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                except KeyError:
+                    pass
+
+
+def aiokafka_security(settings: Any) -> dict[str, Any]:
+    proto = settings.security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return {}
+    from aiokafka.helpers import create_ssl_context
+
+    conf: dict[str, Any] = {"security_protocol": proto}
+    if "SSL" in proto:
+        conf["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile or None)
+    if proto.startswith("SASL"):
+        conf.update(sasl_mechanism=settings.sasl_mechanism or "SCRAM-SHA-512",
+                    sasl_plain_username=settings.sasl_username,
+                    sasl_plain_password=settings.sasl_password)
+    return conf

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one worker. The registry is passed in, so tests read their own.
+
+Names follow Prometheus conventions: ``riskstream_`` prefix, ``_total`` for counters, base units
+(seconds, bytes) in the name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+E2E_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 75, 90, 120, 180, 300, 600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_consumed = Counter(
+            "riskstream_events_consumed_total", "Input events consumed", ["topic"],
+            registry=registry)
+        self.events_invalid = Counter(
+            "riskstream_events_invalid_total", "Input events dead-lettered, by reason",
+            ["topic", "reason"], registry=registry)
+        self.events_late = Counter(
+            "riskstream_events_late_total", "Events whose window had already closed", ["topic"],
+            registry=registry)
+        self.batch_seconds = Histogram(
+            "riskstream_batch_processing_seconds", "Time to process one batch of events",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.event_to_alert_seconds = Histogram(
+            "riskstream_event_to_alert_seconds",
+            "Wall time from a window's last event to its alert being produced",
+            buckets=E2E_BUCKETS, registry=registry)
+        self.windows_closed = Counter(
+            "riskstream_windows_closed_total", "Advertiser windows closed and scored",
+            registry=registry)
+        self.window_close_lag_seconds = Gauge(
+            "riskstream_window_close_lag_seconds",
+            "Wall clock minus the event-time end of the last closed window", registry=registry)
+        self.alerts = Counter(
+            "riskstream_alerts_total", "Alerts produced", ["severity", "mode", "status"],
+            registry=registry)
+        self.alerts_suppressed = Counter(
+            "riskstream_alerts_suppressed_total",
+            "Flagged windows folded into an already open alert (cooldown)", registry=registry)
+        self.scoring_seconds = Histogram(
+            "riskstream_scoring_seconds", "Time to score and decide one closed window",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.active_advertisers = Gauge(
+            "riskstream_active_advertisers", "Advertisers with state in memory", registry=registry)
+        self.model_state_bytes = Gauge(
+            "riskstream_model_state_bytes", "Bytes of advertiser state written at the last "
+            "checkpoint", registry=registry)
+        self.checkpoints = Counter(
+            "riskstream_checkpoints_total", "State checkpoints written", registry=registry)
+        self.checkpoint_writes = Counter(
+            "riskstream_checkpoint_writes_total", "Changelog records written by checkpoints",
+            registry=registry)
+        self.consumer_lag = Gauge(
+            "riskstream_consumer_lag_messages", "Highwater minus next offset, per owned partition",
+            ["topic", "partition"], registry=registry)
+        self.rebalances = Counter(
+            "riskstream_rebalances_total", "Consumer group rebalances seen", registry=registry)
+        self.ready = Gauge(
+            "riskstream_ready", "1 once table recovery has finished", registry=registry)
+        self.model_config_version = Gauge(
+            "riskstream_model_config_version", "Model config version in force", registry=registry)

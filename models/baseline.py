@@ -1,0 +1,236 @@
+"""``robust-baseline``: a per-advertiser, count-aware, directional baseline (the default model).
+
+Why not only z-scores on rates: reports, complaints and even clicks are sparse counts. Five reports
+on 40 impressions is a 12% report rate, and its z-score against a 0.02% baseline is enormous even
+when such a window is unremarkable luck. So every rate is kept as its numerator and denominator
+(exponentially weighted sums) and a window is judged by the Freeman-Tukey deviate of a Poisson
+count: ``sqrt(k) + sqrt(k + 1) - sqrt(4 * lam + 1)`` with ``lam`` the count the advertiser's
+baseline rate predicts for this window's denominator. Small windows therefore need many more
+events to look anomalous than large ones, which is what an analyst would also conclude.
+
+Levels (dwell, click delay, impressions per user, rating) use an EW mean/variance on
+``log1p(value)`` with a variance floor, shrunk by the amount of evidence in the window.
+
+Only the risky direction counts (``FEATURES[...].risk_direction``): a drop in reports or a rise in
+dwell time is good news, not an alert. Cold start: every baseline begins at the global prior with
+a pseudo-weight, so a new advertiser is judged against the cohort from its first window and its own
+history takes over as it accumulates (EW weight ``alpha``).
+
+Calibration: the top two deviations combine into ``z = z1 + 0.25 * z2``, and the risk score is the
+logistic ``1 / (1 + exp(-(z - z_mid) / z_scale))``. With the defaults z = 5 maps to 0.5 and z = 6.1
+to the default alert threshold 0.8.
+
+>>> m = RobustBaseline()
+>>> normal = {"impressions": 400.0, "clicks": 6.0, "ctr": 0.015, "reports": 0.0}
+>>> round(m.score_one(normal), 3) < 0.1
+True
+>>> spam = {"impressions": 400.0, "clicks": 80.0, "ctr": 0.2, "reports": 0.0}
+>>> m.score_one(spam) > 0.99
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from models.protocol import Contribution
+
+# rate feature -> (numerator feature, denominator feature or None = value itself per window)
+RATES: dict[str, tuple[str, str]] = {
+    "ctr": ("clicks", "impressions"),
+    "fast_click_share": ("fast_clicks", "clicks"),
+    "short_dwell_share": ("short_dwells", "clicks"),
+    "report_rate": ("reports", "impressions"),
+    "hide_rate": ("hides", "impressions"),
+    "not_interested_rate": ("not_interested", "impressions"),
+    "scam_report_rate": ("scam_reports", "impressions"),
+    "complaint_rate": ("complaints_refunds", "conversions_floor"),
+    "low_rating_share": ("low_ratings", "satisfaction_responses"),
+}
+# level feature -> (risk direction, evidence feature whose size shrinks the deviation)
+LEVELS: dict[str, tuple[int, str]] = {
+    "mean_dwell_ms": (-1, "clicks"),
+    "median_click_delay_ms": (-1, "clicks"),
+    "impressions_per_user": (+1, "impressions"),
+    "mean_rating": (-1, "satisfaction_responses"),
+}
+# Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
+DEFAULT_PRIORS: dict[str, float] = {
+    "ctr": 0.02,
+    "fast_click_share": 0.05,
+    "short_dwell_share": 0.10,
+    "report_rate": 4e-4,
+    "hide_rate": 2e-3,
+    "not_interested_rate": 2e-3,
+    "scam_report_rate": 2e-4,
+    "complaint_rate": 0.05,
+    "low_rating_share": 0.15,
+    "mean_dwell_ms": 20000.0,
+    "median_click_delay_ms": 3000.0,
+    "impressions_per_user": 1.1,
+    "mean_rating": 4.0,
+}
+# Typical denominators of one window, used to size the prior's pseudo-evidence.
+PRIOR_DENOMINATORS: dict[str, float] = {
+    "impressions": 100.0,
+    "clicks": 2.0,
+    "conversions_floor": 1.0,
+    "satisfaction_responses": 1.0,
+}
+
+
+def derived_counts(x: dict[str, float]) -> dict[str, float]:
+    """Numerators and denominators the rates need, recovered from the window features."""
+    clicks = x.get("clicks", 0.0)
+    imps = x.get("impressions", 0.0)
+    ratings = x.get("satisfaction_responses", 0.0)
+    return {
+        "impressions": imps,
+        "clicks": clicks,
+        "fast_clicks": x.get("fast_click_share", 0.0) * clicks,
+        "short_dwells": x.get("short_dwell_share", 0.0) * clicks,
+        "reports": x.get("reports", 0.0),
+        "hides": x.get("hide_rate", 0.0) * imps,
+        "not_interested": x.get("not_interested_rate", 0.0) * imps,
+        "scam_reports": x.get("scam_reports", 0.0),
+        "complaints_refunds": x.get("complaints", 0.0) + x.get("refund_requests", 0.0),
+        "conversions_floor": max(x.get("conversions", 0.0), 1.0),
+        "low_ratings": x.get("low_rating_share", 0.0) * ratings,
+        "satisfaction_responses": ratings,
+    }
+
+
+def freeman_tukey(k: float, lam: float) -> float:
+    """Variance-stabilised deviate of a Poisson count ``k`` against expectation ``lam``.
+
+    >>> round(freeman_tukey(0, 0.01), 2), round(freeman_tukey(40, 4.0), 1)
+    (-0.02, 8.6)
+    """
+    return math.sqrt(k) + math.sqrt(k + 1.0) - math.sqrt(4.0 * lam + 1.0)
+
+
+def _finite(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    if math.isnan(f):
+        return 0.0
+    if math.isinf(f):
+        return 1e12 if f > 0 else 0.0
+    return min(max(f, -1e12), 1e12)
+
+
+class RobustBaseline:
+    """Directional, count-aware per-advertiser baseline. State: ~40 floats."""
+
+    def __init__(
+        self,
+        alpha: float = 0.05,
+        prior_weight: float = 8.0,
+        priors: dict[str, float] | None = None,
+        z_mid: float = 5.0,
+        z_scale: float = 0.8,
+        level_var_floor: float = 0.04,
+    ) -> None:
+        self.alpha = alpha
+        self.z_mid = z_mid
+        self.z_scale = z_scale
+        self.level_var_floor = level_var_floor
+        p = dict(DEFAULT_PRIORS)
+        p.update(priors or {})
+        # Rates: EW sums of numerator and denominator, seeded with the cohort prior as if
+        # ``prior_weight`` typical windows (of PRIOR_DENOMINATORS volume) had been seen.
+        self._rates = {}
+        for name, (_num, den_name) in RATES.items():
+            den = prior_weight * alpha * PRIOR_DENOMINATORS[den_name]
+            self._rates[name] = [p[name] * den, den]
+        # Levels: EW mean and variance of log1p(value), with a weight.
+        self._levels = {
+            name: [math.log1p(p[name]), 0.25, prior_weight * alpha] for name in LEVELS
+        }
+        self._seen = 0
+
+    @property
+    def windows_seen(self) -> int:
+        return self._seen
+
+    # -- scoring --------------------------------------------------------------------------
+    def deviations(self, x: dict[str, float]) -> list[Contribution]:
+        counts = {k: _finite(v) for k, v in derived_counts(x).items()}
+        out: list[Contribution] = []
+        for name, (num_name, den_name) in RATES.items():
+            den = counts[den_name]
+            if den <= 0:
+                continue
+            num_ew, den_ew = self._rates[name]
+            base_rate = num_ew / den_ew if den_ew > 0 else 0.0
+            k = max(counts[num_name], 0.0)
+            lam = base_rate * den
+            z = freeman_tukey(k, lam)
+            out.append(Contribution(name, k / den, base_rate, z))
+        for name, (direction, evidence_name) in LEVELS.items():
+            n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
+            if n <= 0 or name not in x:
+                continue
+            value = max(_finite(x[name]), 0.0)
+            mean, var, _w = self._levels[name]
+            z = (math.log1p(value) - mean) / math.sqrt(var + self.level_var_floor)
+            z *= direction * math.sqrt(n / (n + 5.0))
+            out.append(Contribution(name, value, math.expm1(mean), z))
+        return out
+
+    def _combine(self, devs: list[Contribution]) -> float:
+        top = sorted((d.deviation for d in devs if d.deviation > 0), reverse=True)[:2]
+        if not top:
+            return 0.0
+        return top[0] + (0.25 * top[1] if len(top) > 1 else 0.0)
+
+    def score_one(self, x: dict[str, float]) -> float:
+        z = self._combine(self.deviations(x))
+        t = (z - self.z_mid) / self.z_scale
+        if t > 50:
+            return 1.0
+        return 1.0 / (1.0 + math.exp(-t))
+
+    def explain(self, x: dict[str, float], top: int = 3) -> list[Contribution]:
+        devs = [d for d in self.deviations(x) if d.deviation > 0]
+        devs.sort(key=lambda d: d.deviation, reverse=True)
+        return devs[:top]
+
+    # -- learning -------------------------------------------------------------------------
+    def learn_one(self, x: dict[str, float]) -> None:
+        a = self.alpha
+        keep = 1.0 - a
+        counts = {k: _finite(v) for k, v in derived_counts(x).items()}
+        for name, (num_name, den_name) in RATES.items():
+            den = counts[den_name]
+            if den <= 0:
+                continue
+            s = self._rates[name]
+            # Pooled EW sums (volume-weighted): busy windows carry more evidence than quiet ones.
+            s[0] = keep * s[0] + a * max(counts[num_name], 0.0)
+            s[1] = keep * s[1] + a * den
+        for name, (_direction, evidence_name) in LEVELS.items():
+            n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
+            if n <= 0 or name not in x:
+                continue
+            v = math.log1p(max(_finite(x[name]), 0.0))
+            s = self._levels[name]
+            mean, var, w = s
+            diff = v - mean
+            incr = a * diff
+            s[0] = mean + incr
+            s[1] = keep * (var + diff * incr)
+            s[2] = keep * w + a
+        self._seen += 1
+
+    # -- state ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"rates": self._rates, "levels": self._levels, "seen": self._seen}
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        self._rates = {k: [float(a), float(b)] for k, (a, b) in data["rates"].items()}
+        self._levels = {k: [float(a), float(b), float(c)] for k, (a, b, c) in data["levels"].items()}
+        self._seen = int(data["seen"])

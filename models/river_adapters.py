@@ -1,0 +1,122 @@
+"""River detectors behind the model protocol.
+
+River detectors return raw scores on their own scales (HalfSpaceTrees: mass-based in [0, 1];
+StandardAbsoluteDeviation: unbounded). The adapter calibrates each to a comparable risk score:
+it keeps an exponentially weighted mean and variance of the detector's own raw scores and maps
+the raw score's deviation through the same logistic as ``robust-baseline`` (score before learn).
+
+State crosses the changelog through ``models.serialization.dumps_river`` (a versioned envelope
+and a restricted unpickler that admits only River and builtin classes, with a size bound).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from models.baseline import _finite
+from models.protocol import Contribution
+from models import serialization
+
+# The inputs River detectors see: rates and levels in comparable units (log1p for volumes).
+RIVER_FEATURES = (
+    "ctr", "fast_click_share", "short_dwell_share", "report_rate", "hide_rate",
+    "not_interested_rate", "complaint_rate", "low_rating_share", "impressions_per_user",
+    "top_region_share", "mean_dwell_ms", "median_click_delay_ms", "impressions",
+)
+_LOG_FEATURES = {"impressions", "mean_dwell_ms", "median_click_delay_ms", "impressions_per_user"}
+
+
+def river_input(x: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for name in RIVER_FEATURES:
+        v = max(_finite(x.get(name, 0.0)), 0.0)
+        out[name] = math.log1p(v) if name in _LOG_FEATURES else min(v, 1.0)
+    return out
+
+
+class CalibratedRiver:
+    """Wraps a River anomaly detector (``learn_one``/``score_one``) with score calibration."""
+
+    def __init__(self, make_detector: Callable[[], Any], alpha: float = 0.05,
+                 z_mid: float = 5.0, z_scale: float = 0.8) -> None:
+        self._make = make_detector
+        self.detector = make_detector()
+        self.alpha = alpha
+        self.z_mid = z_mid
+        self.z_scale = z_scale
+        self._raw_mean = 0.0
+        self._raw_var = 0.0
+        self._seen = 0
+
+    @property
+    def windows_seen(self) -> int:
+        return self._seen
+
+    def _raw(self, x: dict[str, float]) -> float:
+        return _finite(self.detector.score_one(river_input(x)))
+
+    def score_one(self, x: dict[str, float]) -> float:
+        if self._seen < 2:
+            return 0.0
+        raw = self._raw(x)
+        z = (raw - self._raw_mean) / math.sqrt(self._raw_var + 1e-4)
+        t = (z - self.z_mid) / self.z_scale
+        return 1.0 if t > 50 else 1.0 / (1.0 + math.exp(-t))
+
+    def explain(self, x: dict[str, float], top: int = 3) -> list[Contribution]:
+        return []
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        raw = self._raw(x)
+        a = self.alpha if self._seen > 0 else 1.0
+        diff = raw - self._raw_mean
+        self._raw_mean += a * diff
+        self._raw_var = (1 - a) * (self._raw_var + a * diff * diff)
+        self.detector.learn_one(river_input(x))
+        self._seen += 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "detector": serialization.dumps_river(self.detector),
+            "raw": [self._raw_mean, self._raw_var],
+            "seen": self._seen,
+        }
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        self.detector = serialization.loads_river(data["detector"])
+        self._raw_mean, self._raw_var = (float(v) for v in data["raw"])
+        self._seen = int(data["seen"])
+
+
+def half_space_trees(n_trees: int = 5, height: int = 6, window_size: int = 50,
+                     seed: int = 42) -> CalibratedRiver:
+    from river import anomaly
+
+    # Inputs are already scaled to about [0, 1] by river_input (rates) or log1p (volumes);
+    # limits tell HST the range of each feature instead of a MinMaxScaler learning it.
+    limits = {name: (0.0, 12.0 if name in _LOG_FEATURES else 1.0) for name in RIVER_FEATURES}
+    return CalibratedRiver(
+        lambda: anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size,
+                                       limits=limits, seed=seed)
+    )
+
+
+class PerFeatureSAD:
+    """River's StandardAbsoluteDeviation is univariate (it scores ``y``): one per feature, max."""
+
+    def __init__(self) -> None:
+        from river import anomaly
+
+        self.by_feature = {name: anomaly.StandardAbsoluteDeviation() for name in RIVER_FEATURES}
+
+    def score_one(self, x: dict[str, float]) -> float:
+        return max(self.by_feature[k].score_one(None, v) for k, v in x.items())
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        for k, v in x.items():
+            self.by_feature[k].learn_one(None, v)
+
+
+def standard_absolute_deviation() -> CalibratedRiver:
+    return CalibratedRiver(PerFeatureSAD)

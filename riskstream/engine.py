@@ -1,0 +1,475 @@
+"""The risk engine: validated events in, window scores and alerts out. Shared by the live agents
+and the offline replay, so both give the same alerts for the same input.
+
+One engine instance serves all partitions a worker owns. Per partition it keeps an event-time
+watermark; a window ``[start, end)`` of an advertiser closes once the partition's watermark
+passes ``end + allowed_lateness``. Then, per model spec (the enforce spec and any shadows):
+features -> ``score_one`` -> decision -> ``learn_one`` unless flagged.
+
+Watermark across the two input topics: co-partitioned ``ad-impressions`` and ``user-feedback``
+are consumed at different speeds, so the partition's watermark is the *minimum* over the input
+sources that still have a backlog (a source with a backlog that has delivered nothing yet holds
+it at minus infinity), and the maximum once every source is caught up. The caller says when a
+source partition is caught up (online: its next offset reached the highwater; offline: the file
+is exhausted). The result does not depend on how the two topics interleave, which is what makes
+replay parity hold.
+
+State: each advertiser's open windows, model states and alert lifecycle live in memory and are
+written to the :class:`StateStore` (a changelog-backed Faust table online, a dict offline) only
+at ``checkpoint()``. The caller acknowledges the events it fed in only after a checkpoint, so a
+crash replays from the last committed offset onto the last checkpointed state: nothing lost,
+nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
+
+import orjson
+
+from models.protocol import RiskModel
+from models.registry import get_spec
+from riskstream.alerts import build_alert, iso_ms
+from riskstream.decision import DecisionConfig, decide, evaluate_rules
+from riskstream.events import InvalidEvent
+from riskstream.features import window_features
+from riskstream.windows import AdvertiserWindow, window_start
+
+STATE_FORMAT = 1
+MAX_STATE_BYTES = 256 * 1024
+SOURCES = ("impression", "feedback")
+NEG_INF = -(1 << 62)
+RECENT_SCORES = 30  # per-advertiser score history kept for lookups
+
+
+class StateStore(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, partition: int, key: str, value: bytes) -> None: ...
+
+    def delete(self, partition: int, key: str) -> None: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+class DictStore:
+    """In-memory store for the offline replay and unit tests."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, partition: int, key: str, value: bytes) -> None:
+        self.data[key] = value
+        self.writes += 1
+
+    def delete(self, partition: int, key: str) -> None:
+        self.data.pop(key, None)
+        self.writes += 1
+
+    def keys(self) -> Iterable[str]:
+        return list(self.data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which spec enforces and which shadow; published on risk-model-control."""
+
+    version: int = 0
+    enforce: str = "robust-baseline"
+    shadows: tuple[str, ...] = ()
+
+    def specs(self) -> tuple[str, ...]:
+        return (self.enforce,) + tuple(s for s in self.shadows if s != self.enforce)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "enforce": self.enforce, "shadows": list(self.shadows)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
+        cfg = cls(int(data["version"]), str(data["enforce"]), tuple(data.get("shadows", ())))
+        for name in cfg.specs():
+            get_spec(name)  # unknown names fail here, listing the valid ones
+        return cfg
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    window_ms: int = 60_000
+    lateness_ms: int = 10_000
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    advertiser_ttl_ms: int = 7 * 24 * 3600 * 1000
+
+
+class Output(NamedTuple):
+    kind: str  # "alert" | "shadow_alert" | "score"
+    key: str   # advertiser_id
+    record: dict[str, Any]
+
+
+class AdvertiserState:
+    __slots__ = ("advertiser_id", "partition", "windows", "models", "lifecycle", "last_event_ms",
+                 "recent")
+
+    def __init__(self, advertiser_id: str, partition: int) -> None:
+        self.advertiser_id = advertiser_id
+        self.partition = partition
+        self.windows: dict[int, AdvertiserWindow] = {}
+        self.models: dict[str, RiskModel] = {}
+        self.lifecycle: dict[str, dict[str, Any]] = {}  # detector -> open-alert state
+        self.last_event_ms = 0
+        self.recent: list[list[Any]] = []  # [window_start, risk, severity|None]
+
+    def model(self, spec_name: str) -> RiskModel:
+        m = self.models.get(spec_name)
+        if m is None:
+            m = self.models[spec_name] = get_spec(spec_name).create()
+        return m
+
+    def dumps(self) -> bytes:
+        data = {
+            "format": STATE_FORMAT,
+            "advertiser_id": self.advertiser_id,
+            "partition": self.partition,
+            "windows": [w.snapshot() for w in self.windows.values()],
+            "models": {
+                name: {"version": get_spec(name).version, "state": m.state()}
+                for name, m in self.models.items()
+            },
+            "lifecycle": self.lifecycle,
+            "last_event_ms": self.last_event_ms,
+            "recent": self.recent,
+        }
+        raw = orjson.dumps(data)
+        if len(raw) > MAX_STATE_BYTES:
+            raise ValueError(f"advertiser state {len(raw)} bytes > {MAX_STATE_BYTES}")
+        return raw
+
+    @classmethod
+    def loads(cls, raw: bytes) -> "AdvertiserState":
+        data = orjson.loads(raw)
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported advertiser state format {data.get('format')!r}")
+        st = cls(data["advertiser_id"], data["partition"])
+        for snap in data["windows"]:
+            w = AdvertiserWindow.restore(snap)
+            st.windows[w.start] = w
+        for name, saved in data["models"].items():
+            spec = get_spec(name)
+            if saved["version"] != spec.version:
+                continue  # a new spec version starts from the cohort prior, not stale state
+            m = spec.create()
+            m.load_state(saved["state"])
+            st.models[name] = m
+        st.lifecycle = data["lifecycle"]
+        st.last_event_ms = data["last_event_ms"]
+        st.recent = data["recent"]
+        return st
+
+
+class _PartitionClock:
+    __slots__ = ("wm", "caught_up", "closed_to", "heap")
+
+    def __init__(self) -> None:
+        self.wm = {s: NEG_INF for s in SOURCES}
+        self.caught_up = {s: False for s in SOURCES}
+        self.closed_to = NEG_INF  # every window ending at or before this is closed
+        self.heap: list[tuple[int, str, int]] = []  # (window end, advertiser, window start)
+
+    def close_watermark(self) -> int:
+        lagging = [self.wm[s] for s in SOURCES if not self.caught_up[s]]
+        return min(lagging) if lagging else max(self.wm.values())
+
+
+def advertiser_key(partition: int, advertiser_id: str) -> str:
+    return f"a:{partition}:{advertiser_id}"
+
+
+def _meta_key(partition: int) -> str:
+    return f"m:{partition}"
+
+
+class RiskEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        store: StateStore,
+        model_config: ModelConfig | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.model_config = model_config or ModelConfig()
+        self._clock_ms = clock_ms
+        self._states: dict[str, AdvertiserState] = {}
+        self._dirty: set[str] = set()
+        self._partitions: dict[int, _PartitionClock] = {}
+        self._dirty_meta: set[int] = set()
+        self.stats = {"events": 0, "late": 0, "windows_closed": 0, "alerts": 0,
+                      "shadow_alerts": 0, "suppressed": 0, "checkpoints": 0, "expired": 0}
+
+    # -- partitions -----------------------------------------------------------------------
+    def _partition(self, p: int) -> _PartitionClock:
+        clock = self._partitions.get(p)
+        if clock is None:
+            clock = self._load_partition(p)
+        return clock
+
+    def _load_partition(self, p: int) -> _PartitionClock:
+        """Rebuild a partition's watermark and open-window index from the store (restart or
+        rebalance): the store is the single source of truth after a checkpoint."""
+        clock = self._partitions[p] = _PartitionClock()
+        raw = self.store.get(_meta_key(p))
+        if raw is not None:
+            meta = orjson.loads(raw)
+            clock.wm.update(meta["wm"])
+            clock.closed_to = meta["closed_to"]
+        prefix = f"a:{p}:"
+        for key in self.store.keys():
+            if key.startswith(prefix):
+                st = self._state_for_key(key)
+                if st is not None:
+                    for w in st.windows.values():
+                        clock.heap.append((w.end, st.advertiser_id, w.start))
+        heapq.heapify(clock.heap)
+        return clock
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget in-memory state of partitions this worker no longer owns. Their events since
+        the last checkpoint were not acknowledged, so the new owner replays them."""
+        gone = set(partitions)
+        for p in gone:
+            self._partitions.pop(p, None)
+            self._dirty_meta.discard(p)
+        for key in [k for k, st in self._states.items() if st.partition in gone]:
+            del self._states[key]
+            self._dirty.discard(key)
+
+    def set_caught_up(self, partition: int, source: str, caught_up: bool) -> list[Output]:
+        clock = self._partition(partition)
+        if clock.caught_up[source] == caught_up:
+            return []
+        clock.caught_up[source] = caught_up
+        return self._advance(partition, clock)
+
+    # -- state ----------------------------------------------------------------------------
+    def _state_for_key(self, key: str) -> AdvertiserState | None:
+        st = self._states.get(key)
+        if st is None:
+            raw = self.store.get(key)
+            if raw is None:
+                return None
+            st = self._states[key] = AdvertiserState.loads(raw)
+        return st
+
+    def state_of(self, partition: int, advertiser_id: str) -> AdvertiserState | None:
+        return self._state_for_key(advertiser_key(partition, advertiser_id))
+
+    def checkpoint(self) -> int:
+        """Write every changed advertiser and partition clock to the store. Returns writes."""
+        writes = 0
+        for key in self._dirty:
+            st = self._states.get(key)
+            if st is None:
+                continue
+            if not st.windows and not st.lifecycle and not st.models:
+                self.store.delete(st.partition, key)
+                self._states.pop(key, None)
+            else:
+                self.store.put(st.partition, key, st.dumps())
+            writes += 1
+        self._dirty.clear()
+        for p in self._dirty_meta:
+            clock = self._partitions.get(p)
+            if clock is not None:
+                meta = {"wm": clock.wm, "closed_to": clock.closed_to}
+                self.store.put(p, _meta_key(p), orjson.dumps(meta))
+                writes += 1
+        self._dirty_meta.clear()
+        self.stats["checkpoints"] += 1
+        return writes
+
+    # -- events ---------------------------------------------------------------------------
+    def process(self, event: dict, partition: int, caught_up: bool = False) -> list[Output]:
+        """Add one validated event; return what windows closed because of it.
+
+        Raises InvalidEvent("late_event") when the event's window has already closed.
+        """
+        source = event["type"]
+        t = event["event_time"]
+        size = self.config.window_ms
+        start = window_start(t, size)
+        end = start + size
+        clock = self._partition(partition)
+        if end <= clock.closed_to:
+            self.stats["late"] += 1
+            raise InvalidEvent("late_event", f"window ending {iso_ms(end)} already closed")
+        adv = event["advertiser_id"]
+        key = advertiser_key(partition, adv)
+        st = self._state_for_key(key)
+        if st is None:
+            st = self._states[key] = AdvertiserState(adv, partition)
+        w = st.windows.get(start)
+        if w is None:
+            w = st.windows[start] = AdvertiserWindow(start, end)
+            w.first_event_ms = t
+            heapq.heappush(clock.heap, (end, adv, start))
+        if source == "impression":
+            w.add_impression(event)
+        else:
+            w.add_feedback(event)
+        if t > w.last_event_ms:
+            w.last_event_ms = t
+        if t > st.last_event_ms:
+            st.last_event_ms = t
+        self._dirty.add(key)
+        self.stats["events"] += 1
+        changed = False
+        if t > clock.wm[source]:
+            clock.wm[source] = t
+            changed = True
+        if clock.caught_up[source] != caught_up:
+            clock.caught_up[source] = caught_up
+            changed = True
+        if changed:
+            self._dirty_meta.add(partition)
+            return self._advance(partition, clock)
+        return []
+
+    def _advance(self, partition: int, clock: _PartitionClock) -> list[Output]:
+        wm = clock.close_watermark()
+        due_before = wm - self.config.lateness_ms  # windows with end <= this are due
+        if due_before <= clock.closed_to:
+            return []
+        clock.closed_to = due_before
+        self._dirty_meta.add(partition)
+        out: list[Output] = []
+        heap = clock.heap
+        while heap and heap[0][0] <= due_before:
+            _end, adv, start = heapq.heappop(heap)
+            key = advertiser_key(partition, adv)
+            st = self._state_for_key(key)
+            if st is None:
+                continue
+            w = st.windows.pop(start, None)
+            if w is None:
+                continue
+            self._close_window(st, w, out)
+            self._dirty.add(key)
+        return out
+
+    def flush(self) -> list[Output]:
+        """Close every open window (end of a finite replay): treat all sources as caught up."""
+        out: list[Output] = []
+        for p, clock in list(self._partitions.items()):
+            for s in SOURCES:
+                clock.caught_up[s] = True
+            if clock.heap:
+                last_end = max(e for e, _a, _s in clock.heap)
+                for s in SOURCES:
+                    clock.wm[s] = max(clock.wm[s], last_end + self.config.lateness_ms)
+            out.extend(self._advance(p, clock))
+        return out
+
+    # -- closing a window -----------------------------------------------------------------
+    def _close_window(self, st: AdvertiserState, w: AdvertiserWindow, out: list[Output]) -> None:
+        self.stats["windows_closed"] += 1
+        x = window_features(w)
+        rule_hits = evaluate_rules(x)
+        mc = self.model_config
+        now = self._clock_ms() if self._clock_ms else w.end + self.config.lateness_ms
+        for spec_name in mc.specs():
+            mode = "enforce" if spec_name == mc.enforce else "shadow"
+            spec = get_spec(spec_name)
+            model = st.model(spec_name)
+            risk = model.score_one(x)
+            detector = f"risk:{spec_name}"
+            prev = st.lifecycle.get(detector)
+            verdict, new_state = decide(prev, risk, rule_hits,
+                                        model.windows_seen, self.config.decision)
+            if new_state is None:
+                st.lifecycle.pop(detector, None)
+            else:
+                st.lifecycle[detector] = new_state
+            if mode == "enforce":
+                out.append(Output("score", st.advertiser_id, {
+                    "advertiser_id": st.advertiser_id, "window": {"start": w.start, "end": w.end},
+                    "model": {"name": spec_name, "version": spec.version,
+                              "config_version": mc.version},
+                    "risk_score": round(risk, 6), "flagged": verdict.flagged,
+                    "severity": verdict.severity, "rules": [h.code for h in rule_hits],
+                    "metrics": {k: round(v, 6) for k, v in x.items()},
+                }))
+                st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
+                del st.recent[:-RECENT_SCORES]
+            if verdict.status is not None:
+                reasons = [
+                    {"type": "rule", "code": h.code, "message": h.message,
+                     "value": round(h.value, 6), "threshold": h.threshold}
+                    for h in rule_hits
+                ] if verdict.status != "resolved" else []
+                if verdict.status != "resolved":
+                    for c in model.explain(x):
+                        reasons.append({
+                            "type": "feature", "code": f"{c.feature}_above_baseline"
+                            if c.deviation >= 0 else f"{c.feature}_deviation",
+                            "feature": c.feature, "value": round(c.value, 6),
+                            "baseline": round(c.baseline, 6), "deviation": round(c.deviation, 3),
+                            "message": f"{c.feature} {c.value:.4g} vs baseline {c.baseline:.4g} "
+                                       f"({c.deviation:+.1f} sd)",
+                        })
+                else:
+                    reasons.append({"type": "lifecycle", "code": "returned_to_normal",
+                                    "message": f"{self.config.decision.resolve_after} consecutive "
+                                               f"normal windows"})
+                lifecycle = new_state or prev or {}
+                alert = build_alert(
+                    advertiser_id=st.advertiser_id, window_start=w.start, window_end=w.end,
+                    detector=detector, status=verdict.status, severity=verdict.severity or "low",
+                    risk_score=risk, threshold=verdict.threshold, model_name=spec_name,
+                    model_version=spec.version, config_version=mc.version, mode=mode,
+                    reasons=reasons, metrics=x,
+                    episode={"flagged_windows": lifecycle.get("flagged_windows", 0)},
+                    emitted_at_ms=now,
+                )
+                if verdict.status == "open":
+                    st.lifecycle[detector]["opened_alert_id"] = alert["alert_id"]
+                    st.lifecycle[detector]["opened_window_start"] = w.start
+                alert["episode"]["opened_alert_id"] = lifecycle.get("opened_alert_id")
+                out.append(Output("alert" if mode == "enforce" else "shadow_alert",
+                                  st.advertiser_id, alert))
+                self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
+            elif verdict.flagged:
+                self.stats["suppressed"] += 1
+            if not verdict.flagged:
+                model.learn_one(x)
+
+    # -- model control --------------------------------------------------------------------
+    def apply_model_config(self, cfg: ModelConfig) -> bool:
+        """Hot swap: new specs start per advertiser from the cohort prior on their next window;
+        states of specs no longer configured are dropped at that advertiser's next checkpoint."""
+        if cfg.version <= self.model_config.version and self.model_config.version != 0:
+            return False
+        self.model_config = cfg
+        keep = set(cfg.specs())
+        for key, st in self._states.items():
+            for name in [n for n in st.models if n not in keep]:
+                del st.models[name]
+                self._dirty.add(key)
+        return True
+
+    def active_advertisers(self) -> int:
+        return len(self._states)
+
+    def iter_states(self) -> Iterator[AdvertiserState]:
+        return iter(self._states.values())
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,266 @@
+"""Input events: the contract of ``ad-impressions`` and ``user-feedback``, and their validation.
+
+Every raw message is decoded once, here. A valid one becomes a plain ``dict`` with normalised
+types (``event_time`` in epoch milliseconds, UTC); an invalid one raises :class:`InvalidEvent`
+carrying a stable reason code, which the agents turn into a dead-letter record and a metric.
+
+>>> ev = validate_impression(b'{"event_id":"e1","event_time":1700000000000,"advertiser_id":"adv-1",'
+...     b'"campaign_id":"c","ad_id":"a","user_id":"u","region":"US","placement":"feed",'
+...     b'"cost_micros":1500,"clicked":true,"click_delay_ms":800,"converted":false,"dwell_ms":4000}',
+...     now_ms=1700000000000)
+>>> ev["advertiser_id"], ev["clicked"]
+('adv-1', True)
+>>> validate_feedback(b'{"kind":"report"}', now_ms=0)
+Traceback (most recent call last):
+...
+riskstream.events.InvalidEvent: missing_field: event_id
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import orjson
+
+IMPRESSIONS = "impression"
+FEEDBACK = "feedback"
+
+FEEDBACK_KINDS = frozenset(
+    {"report", "hide", "not_interested", "complaint", "refund_request", "satisfaction"}
+)
+# Reasons are an open vocabulary upstream; unknown ones are kept and counted as "other".
+FEEDBACK_REASONS = frozenset(
+    {"scam", "misleading", "offensive", "counterfeit", "irrelevant", "repetitive",
+     "not_received", "quality", "other"}
+)
+FEEDBACK_CHANNELS = frozenset({"in_app", "support", "survey", "email"})
+
+# Reason codes are part of the dead-letter contract (docs/contracts.md); never rename one.
+REASONS = (
+    "oversized",
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "unknown_kind",
+    "future_event_time",
+    "too_old",
+    "late_event",
+)
+
+ID_MAX_LEN = 128
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake
+
+
+class InvalidEvent(ValueError):
+    """A message that breaks the input contract. ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        assert reason in REASONS, reason
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation bounds; built from settings so tests and the replay share them."""
+
+    max_message_bytes: int = 64 * 1024
+    max_future_ms: int = 5 * 60 * 1000
+    max_age_ms: int = 7 * 24 * 3600 * 1000
+
+
+def parse_event_time(value: Any) -> int:
+    """Epoch milliseconds, from an int/float of ms or an RFC 3339 string (UTC if no offset).
+
+    >>> parse_event_time("2023-11-14T22:13:20Z")
+    1700000000000
+    >>> parse_event_time(1700000000000.0)
+    1700000000000
+    """
+    if isinstance(value, bool):
+        raise InvalidEvent("wrong_type", "event_time")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent("bad_value", "event_time is not finite")
+        ms = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEvent("bad_value", "event_time is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent("bad_value", "event_time has no UTC offset")
+        ms = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidEvent("wrong_type", "event_time")
+    if ms < MIN_EVENT_TIME_MS:
+        raise InvalidEvent("bad_value", "event_time before 2000-01-01 (seconds, not ms?)")
+    return ms
+
+
+def _id(obj: dict, name: str) -> str:
+    try:
+        value = obj[name]
+    except KeyError:
+        raise InvalidEvent("missing_field", name) from None
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{name} must be a string")
+    if not value or len(value) > ID_MAX_LEN or not value.isprintable():
+        raise InvalidEvent("bad_value", f"{name} must be 1-{ID_MAX_LEN} printable characters")
+    return value
+
+
+def _opt_str(obj: dict, name: str, default: str = "") -> str:
+    value = obj.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{name} must be a string")
+    if len(value) > ID_MAX_LEN:
+        raise InvalidEvent("bad_value", f"{name} longer than {ID_MAX_LEN}")
+    return value
+
+
+def _bool(obj: dict, name: str) -> bool:
+    value = obj.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidEvent("wrong_type", f"{name} must be a boolean")
+    return value
+
+
+def _non_negative(obj: dict, name: str, *, required: bool = False) -> float:
+    if name not in obj or obj[name] is None:
+        if required:
+            raise InvalidEvent("missing_field", name)
+        return 0.0
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent("wrong_type", f"{name} must be a number")
+    if not math.isfinite(value) or value < 0 or value > 1e15:
+        raise InvalidEvent("bad_value", f"{name} must be finite, >= 0 and <= 1e15")
+    return value
+
+
+def _decode(raw: bytes, limits: Limits) -> dict:
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidEvent("oversized", f"{len(raw)} bytes > {limits.max_message_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("bad_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_an_object", type(obj).__name__)
+    return obj
+
+
+def _common(obj: dict, now_ms: int, limits: Limits) -> tuple[str, int, str]:
+    event_id = _id(obj, "event_id")
+    if "event_time" not in obj:
+        raise InvalidEvent("missing_field", "event_time")
+    event_time = parse_event_time(obj["event_time"])
+    if event_time > now_ms + limits.max_future_ms:
+        raise InvalidEvent("future_event_time", f"{event_time - now_ms} ms ahead of now")
+    if event_time < now_ms - limits.max_age_ms:
+        raise InvalidEvent("too_old", f"{now_ms - event_time} ms old")
+    return event_id, event_time, _id(obj, "advertiser_id")
+
+
+def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
+    """Decode and check one impression; unknown extra fields are kept under ``extra``."""
+    obj = _decode(raw, limits)
+    event_id, event_time, advertiser_id = _common(obj, now_ms, limits)
+    clicked = _bool(obj, "clicked")
+    event = {
+        "type": IMPRESSIONS,
+        "event_id": event_id,
+        "event_time": event_time,
+        "advertiser_id": advertiser_id,
+        "campaign_id": _opt_str(obj, "campaign_id"),
+        "ad_id": _opt_str(obj, "ad_id"),
+        "user_id": _id(obj, "user_id"),
+        "region": _opt_str(obj, "region", "unknown"),
+        "placement": _opt_str(obj, "placement", "unknown"),
+        "cost_micros": _non_negative(obj, "cost_micros", required=True),
+        "clicked": clicked,
+        "click_delay_ms": _non_negative(obj, "click_delay_ms") if clicked else 0.0,
+        "converted": _bool(obj, "converted"),
+        "dwell_ms": _non_negative(obj, "dwell_ms"),
+    }
+    return event
+
+
+def validate_feedback(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
+    """Decode and check one feedback event (report, hide, complaint, satisfaction, ...)."""
+    obj = _decode(raw, limits)
+    event_id, event_time, advertiser_id = _common(obj, now_ms, limits)
+    kind = obj.get("kind")
+    if kind is None:
+        raise InvalidEvent("missing_field", "kind")
+    if not isinstance(kind, str):
+        raise InvalidEvent("wrong_type", "kind must be a string")
+    if kind not in FEEDBACK_KINDS:
+        raise InvalidEvent("unknown_kind", kind[:40])
+    rating = obj.get("rating")
+    if kind == "satisfaction":
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)):
+            raise InvalidEvent("wrong_type" if rating is not None else "missing_field", "rating")
+        if not (1 <= rating <= 5):
+            raise InvalidEvent("bad_value", "rating must be 1-5")
+    else:
+        rating = None
+    reason = _opt_str(obj, "reason", "")
+    channel = _opt_str(obj, "channel", "in_app")
+    return {
+        "type": FEEDBACK,
+        "event_id": event_id,
+        "event_time": event_time,
+        "advertiser_id": advertiser_id,
+        "ad_id": _opt_str(obj, "ad_id"),
+        "user_id": _opt_str(obj, "user_id"),
+        "kind": kind,
+        "reason": reason if reason in FEEDBACK_REASONS or not reason else "other",
+        "rating": rating,
+        "channel": channel if channel in FEEDBACK_CHANNELS else "other",
+    }
+
+
+VALIDATORS: dict[str, Callable[[bytes, int, Limits], dict]] = {
+    IMPRESSIONS: validate_impression,
+    FEEDBACK: validate_feedback,
+}
+
+
+def dead_letter_record(
+    raw: bytes, error: InvalidEvent, *, topic: str, partition: int, offset: int, at_ms: int
+) -> bytes:
+    """The value written to ``risk-dead-letter``: original bytes (UTF-8 where possible)."""
+    try:
+        original: Any = raw.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        original = raw.hex()
+        encoding = "hex"
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "reason": error.reason,
+            "detail": error.detail,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+            "original": original,
+            "original_encoding": encoding,
+            "dead_lettered_at": at_ms,
+        }
+    )
