@@ -7,9 +7,11 @@ are the batch's events acknowledged. Faust commits acknowledged offsets after fl
 producer, so offsets never run ahead of the state and alerts they depend on (at-least-once;
 alert ids are deterministic, so a replay re-emits the same ids).
 
-A once-a-second task tells the engine which input partitions are caught up (next offset at the
-highwater), so an idle or empty input does not hold windows open; it shares a lock with the
-batch loop, so no checkpoint ever includes half a batch.
+A once-a-second task tells the engine which input partitions are idle: caught up (next offset at
+the highwater) *and* silent for ``INPUT_IDLE_S`` of wall time, so an idle or empty input does not
+hold windows open. Both conditions, because a highwater can be stale or, on some brokers,
+under-reported, while a source that still has a backlog keeps delivering. The task shares a lock
+with the batch loop, so no checkpoint ever includes half a batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from riskstream.events import InvalidEvent, dead_letter_record, validate_feedbac
 
 log = logging.getLogger("riskstream.agents")
 
+INPUT_IDLE_S = 2.0
+
 
 def register_agents(ra: Any) -> None:
     app = ra.faust_app
@@ -38,6 +42,7 @@ def register_agents(ra: Any) -> None:
                  topics["feedback"]: ("feedback", validate_feedback)}
     input_names = set(source_of)
     positions: dict[Any, int] = {}  # next offset to process, per owned input partition
+    last_active: dict[Any, float] = {}  # monotonic time of the last event (or assignment), per tp
     lock = asyncio.Lock()
     out_topic = {"alert": topics["alerts"], "shadow_alert": topics["shadow_alerts"],
                  "score": topics["scores"]}
@@ -70,6 +75,7 @@ def register_agents(ra: Any) -> None:
             async with lock:
                 assigned = app.consumer.assignment()
                 now_ms = int(time.time() * 1000)
+                now = time.monotonic()
                 consumed: dict[str, int] = {}
                 for event in batch:
                     msg = event.message
@@ -78,12 +84,11 @@ def register_agents(ra: Any) -> None:
                     source, validate = source_of[msg.topic]
                     consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
                     positions[msg.tp] = msg.offset + 1
+                    last_active[msg.tp] = now
                     raw = event.value if event.value is not None else b""
                     try:
                         ev = validate(raw, now_ms, limits)
-                        highwater = app.consumer.highwater(msg.tp)
-                        caught_up = highwater is not None and msg.offset + 1 >= highwater
-                        outputs = engine.process(ev, msg.partition, caught_up)
+                        outputs = engine.process(ev, msg.partition, caught_up=False)
                     except InvalidEvent as exc:
                         await dead_letter(msg, raw, exc, now_ms)
                         continue
@@ -123,9 +128,11 @@ def register_agents(ra: Any) -> None:
         except Exception as exc:  # broker away: try again next second
             log.warning("could not read highwaters: %s", exc)
             return
+        now = time.monotonic()
         async with lock:
             outputs = []
             for tp in tps:
+                idle_since = last_active.setdefault(tp, now)
                 hw = highwaters.get(tp)
                 if hw is None or tp not in consumer.assignment():
                     continue
@@ -134,7 +141,7 @@ def register_agents(ra: Any) -> None:
                     committed = consumer._committed_offset.get(tp)
                     nxt = committed if committed is not None else earliest.get(tp, 0)
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
-                if nxt >= hw:
+                if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
             if outputs:
                 await emit(outputs)
@@ -174,6 +181,7 @@ def register_agents(ra: Any) -> None:
             if tp.topic in input_names:
                 positions.pop(tp, None)
                 earliest.pop(tp, None)
+                last_active.pop(tp, None)
                 try:
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
                 except KeyError:

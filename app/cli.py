@@ -5,6 +5,7 @@
     riskstream broker start|stop|status     local broker: --kind apache|embedded
     riskstream topics apply|check           create / verify the topics of topics.yaml
     riskstream simulate ...                 produce realistic traffic with injected incidents
+    riskstream backtest ...                 replay files through the same engine, offline
     riskstream alerts follow                example enforcement consumer (idempotent by alert_id)
     riskstream models list|set|shadow|promote
     riskstream settings                     every setting, its env var and default
@@ -135,6 +136,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args, settings)
 
 
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from riskstream.backtest import run
+
+    return run(args, settings)
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for env, default, doc in settings_table():
         print(f"{env:40} {default:28} {doc}")
@@ -190,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=60.0,
                    help="event-time seconds per wall second for the simulator")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("backtest", help="replay files through the engine; evaluate vs truth")
+    from riskstream import backtest
+
+    backtest.add_arguments(p)
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("alerts", help="example enforcement consumer")
     p.add_argument("action", choices=["follow"])
