@@ -207,6 +207,7 @@ def test_choose_kind_auto(monkeypatch, tmp_path, tools, expected):
 def test_faust_settings_per_kind():
     apache = brokers.faust_settings("apache")
     assert apache["broker_session_timeout"] == 10.0
+    assert brokers.faust_settings("embedded")["broker_session_timeout"] == 6.0
     assert apache["broker_heartbeat_interval"] < apache["broker_session_timeout"] / 3
     assert "producer_max_batch_size" not in apache
     assert brokers.faust_settings("embedded", 6)["producer_max_batch_size"] == 1
