@@ -110,6 +110,7 @@ def create_app(settings: Settings, bootstrap: str, *,
         web_port=settings.web_port,
         web_bind=settings.web_host,
         producer_acks=-1,
+        producer_max_batch_size=settings.producer_max_batch_size,
         topic_allow_declare=True,
     )
     metrics = Metrics(registry or CollectorRegistry())

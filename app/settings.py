@@ -57,6 +57,10 @@ class Settings:
     processing_guarantee: str = _setting(
         "at_least_once", "RISKSTREAM_PROCESSING_GUARANTEE",
         "at_least_once (alert ids are idempotent) or exactly_once (Kafka transactions).")
+    producer_max_batch_size: int = _setting(
+        16384, "RISKSTREAM_PRODUCER_MAX_BATCH_SIZE",
+        "Faust producer batch size in bytes. The embedded Tansu broker needs 1: it reports a "
+        "batch's end offset wrongly, which cuts changelog recovery short.")
     # Worker
     data_dir: str = _setting(".riskstream/worker", "RISKSTREAM_DATA_DIR",
                              "Worker data directory (Faust table metadata).")

@@ -8,6 +8,13 @@ count: ``sqrt(k) + sqrt(k + 1) - sqrt(4 * lam + 1)`` with ``lam`` the count the 
 baseline rate predicts for this window's denominator. Small windows therefore need many more
 events to look anomalous than large ones, which is what an analyst would also conclude.
 
+Two horizons: each window is judged on its own, and a decayed sum of the last ~10 windows'
+counts (decay ``short_decay``) is judged the same way against the same baseline. The second
+catches what no single window can show: a scam ad at 60 impressions a minute draws one report
+every few minutes, and complaints about a cloaked landing page trickle in over an hour. The short
+sums keep accumulating in flagged windows (``observe_flagged``); the long baseline does not
+learn from them.
+
 Levels (dwell, click delay, impressions per user, rating) use an EW mean/variance on
 ``log1p(value)`` with a variance floor, shrunk by the amount of evidence in the window.
 
@@ -45,7 +52,7 @@ RATES: dict[str, tuple[str, str]] = {
     "hide_rate": ("hides", "impressions"),
     "not_interested_rate": ("not_interested", "impressions"),
     "scam_report_rate": ("scam_reports", "impressions"),
-    "complaint_rate": ("complaints_refunds", "conversions_floor"),
+    "complaint_rate": ("complaints_refunds", "impressions"),
     "low_rating_share": ("low_ratings", "satisfaction_responses"),
 }
 # level feature -> (risk direction, evidence feature whose size shrinks the deviation)
@@ -64,7 +71,7 @@ DEFAULT_PRIORS: dict[str, float] = {
     "hide_rate": 2e-3,
     "not_interested_rate": 2e-3,
     "scam_report_rate": 2e-4,
-    "complaint_rate": 0.05,
+    "complaint_rate": 3e-5,
     "low_rating_share": 0.15,
     "mean_dwell_ms": 20000.0,
     "median_click_delay_ms": 3000.0,
@@ -75,7 +82,6 @@ DEFAULT_PRIORS: dict[str, float] = {
 PRIOR_DENOMINATORS: dict[str, float] = {
     "impressions": 100.0,
     "clicks": 2.0,
-    "conversions_floor": 1.0,
     "satisfaction_responses": 1.0,
 }
 
@@ -95,7 +101,6 @@ def derived_counts(x: dict[str, float]) -> dict[str, float]:
         "not_interested": x.get("not_interested_rate", 0.0) * imps,
         "scam_reports": x.get("scam_reports", 0.0),
         "complaints_refunds": x.get("complaints", 0.0) + x.get("refund_requests", 0.0),
-        "conversions_floor": max(x.get("conversions", 0.0), 1.0),
         "low_ratings": x.get("low_rating_share", 0.0) * ratings,
         "satisfaction_responses": ratings,
     }
@@ -123,29 +128,34 @@ def _finite(v: Any) -> float:
 
 
 class RobustBaseline:
-    """Directional, count-aware per-advertiser baseline. State: ~40 floats."""
+    """Directional, count-aware per-advertiser baseline over two horizons. State: ~60 floats."""
 
     def __init__(
         self,
-        alpha: float = 0.05,
+        alpha: float = 0.02,
         prior_weight: float = 8.0,
         priors: dict[str, float] | None = None,
-        z_mid: float = 5.0,
-        z_scale: float = 0.8,
+        short_decays: tuple[float, ...] = (0.9, 0.97),
+        learn_guard: float = 2.0,
+        z_mid: float = 4.5,
+        z_scale: float = 0.6,
         level_var_floor: float = 0.04,
     ) -> None:
         self.alpha = alpha
+        self.short_decays = tuple(short_decays)
+        self.learn_guard = learn_guard
         self.z_mid = z_mid
         self.z_scale = z_scale
         self.level_var_floor = level_var_floor
         p = dict(DEFAULT_PRIORS)
         p.update(priors or {})
-        # Rates: EW sums of numerator and denominator, seeded with the cohort prior as if
-        # ``prior_weight`` typical windows (of PRIOR_DENOMINATORS volume) had been seen.
+        # Rates: [EW numerator, EW denominator, short numerator sum, short denominator sum];
+        # the EW sums start at the cohort prior as if ``prior_weight`` typical windows (of
+        # PRIOR_DENOMINATORS volume) had been seen.
         self._rates = {}
         for name, (_num, den_name) in RATES.items():
             den = prior_weight * alpha * PRIOR_DENOMINATORS[den_name]
-            self._rates[name] = [p[name] * den, den]
+            self._rates[name] = [p[name] * den, den] + [0.0, 0.0] * len(self.short_decays)
         # Levels: EW mean and variance of log1p(value), with a weight.
         self._levels = {
             name: [math.log1p(p[name]), 0.25, prior_weight * alpha] for name in LEVELS
@@ -157,19 +167,28 @@ class RobustBaseline:
         return self._seen
 
     # -- scoring --------------------------------------------------------------------------
+    def _rate_deviation(self, name: str, k: float, den: float) -> Contribution | None:
+        """The strongest of the window's and the short horizons' deviations for one rate."""
+        s = self._rates[name]
+        base_rate = s[0] / s[1] if s[1] > 0 else 0.0
+        best: Contribution | None = None
+        if den > 0:
+            best = Contribution(name, k / den, base_rate, freeman_tukey(k, base_rate * den))
+        for i, d in enumerate(self.short_decays):
+            k_s, n_s = d * s[2 + 2 * i] + k, d * s[3 + 2 * i] + den
+            if n_s > 0:
+                z_s = freeman_tukey(k_s, base_rate * n_s)
+                if best is None or z_s > best.deviation:
+                    best = Contribution(name, k_s / n_s, base_rate, z_s)
+        return best
+
     def deviations(self, x: dict[str, float]) -> list[Contribution]:
         counts = {k: _finite(v) for k, v in derived_counts(x).items()}
         out: list[Contribution] = []
         for name, (num_name, den_name) in RATES.items():
-            den = counts[den_name]
-            if den <= 0:
-                continue
-            num_ew, den_ew = self._rates[name]
-            base_rate = num_ew / den_ew if den_ew > 0 else 0.0
-            k = max(counts[num_name], 0.0)
-            lam = base_rate * den
-            z = freeman_tukey(k, lam)
-            out.append(Contribution(name, k / den, base_rate, z))
+            c = self._rate_deviation(name, max(counts[num_name], 0.0), max(counts[den_name], 0.0))
+            if c is not None:
+                out.append(c)
         for name, (direction, evidence_name) in LEVELS.items():
             n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
             if n <= 0 or name not in x:
@@ -185,7 +204,7 @@ class RobustBaseline:
         top = sorted((d.deviation for d in devs if d.deviation > 0), reverse=True)[:2]
         if not top:
             return 0.0
-        return top[0] + (0.25 * top[1] if len(top) > 1 else 0.0)
+        return top[0] + (0.5 * top[1] if len(top) > 1 else 0.0)
 
     def score_one(self, x: dict[str, float]) -> float:
         z = self._combine(self.deviations(x))
@@ -200,18 +219,37 @@ class RobustBaseline:
         return devs[:top]
 
     # -- learning -------------------------------------------------------------------------
+    def _accumulate_short(self, counts: dict[str, float]) -> None:
+        for name, (num_name, den_name) in RATES.items():
+            s = self._rates[name]
+            k, n = max(counts[num_name], 0.0), max(counts[den_name], 0.0)
+            for i, d in enumerate(self.short_decays):
+                s[2 + 2 * i] = d * s[2 + 2 * i] + k
+                s[3 + 2 * i] = d * s[3 + 2 * i] + n
+
+    def observe_flagged(self, x: dict[str, float]) -> None:
+        """A flagged window: keep its evidence in the short sums, keep it out of the baseline."""
+        self._accumulate_short({k: _finite(v) for k, v in derived_counts(x).items()})
+
     def learn_one(self, x: dict[str, float]) -> None:
         a = self.alpha
-        keep = 1.0 - a
         counts = {k: _finite(v) for k, v in derived_counts(x).items()}
         for name, (num_name, den_name) in RATES.items():
             den = counts[den_name]
             if den <= 0:
                 continue
+            k = max(counts[num_name], 0.0)
+            # A rate whose own evidence is already elevated (but below the alert threshold)
+            # adapts twenty times slower: a ramp or a trickle of reports must not become the
+            # baseline it is judged against, while a genuine shift is still absorbed in hours.
+            dev = self._rate_deviation(name, k, den)
+            rate_a = a * 0.05 if dev is not None and dev.deviation > self.learn_guard else a
             s = self._rates[name]
             # Pooled EW sums (volume-weighted): busy windows carry more evidence than quiet ones.
-            s[0] = keep * s[0] + a * max(counts[num_name], 0.0)
-            s[1] = keep * s[1] + a * den
+            s[0] = (1.0 - rate_a) * s[0] + rate_a * k
+            s[1] = (1.0 - rate_a) * s[1] + rate_a * den
+        self._accumulate_short(counts)
+        keep = 1.0 - a
         for name, (_direction, evidence_name) in LEVELS.items():
             n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
             if n <= 0 or name not in x:
@@ -231,6 +269,6 @@ class RobustBaseline:
         return {"rates": self._rates, "levels": self._levels, "seen": self._seen}
 
     def load_state(self, data: dict[str, Any]) -> None:
-        self._rates = {k: [float(a), float(b)] for k, (a, b) in data["rates"].items()}
-        self._levels = {k: [float(a), float(b), float(c)] for k, (a, b, c) in data["levels"].items()}
+        self._rates = {k: [float(v) for v in vals] for k, vals in data["rates"].items()}
+        self._levels = {k: [float(v) for v in vals] for k, vals in data["levels"].items()}
         self._seen = int(data["seen"])

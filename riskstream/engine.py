@@ -449,6 +449,12 @@ class RiskEngine:
                 self.stats["suppressed"] += 1
             if not verdict.flagged:
                 model.learn_one(x)
+            else:
+                # Score before learn, and never learn the anomalies we flag (River's
+                # protect_anomaly_detector); models may still keep the evidence.
+                observe = getattr(model, "observe_flagged", None)
+                if observe is not None:
+                    observe(x)
 
     # -- model control --------------------------------------------------------------------
     def apply_model_config(self, cfg: ModelConfig) -> bool:

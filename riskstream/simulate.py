@@ -979,6 +979,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", default=None, help="write the ground truth (JSON lines) here")
     parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
     parser.add_argument("--topic-prefix", default=None, help="prefix of the topic names")
+    parser.add_argument("--warmup-fraction", type=float, default=0.30,
+                        help="no incident starts in this first part of the run (default 0.3)")
     parser.add_argument("--live", action="store_true",
                         help="event time follows the wall clock (for demos)")
     parser.add_argument("--speedup", type=float, default=1.0,
@@ -992,7 +994,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if duration is None:
         duration = (args.max_seconds or 600.0) * args.speedup if live else 7200.0
     cfg = SimConfig(seed=args.seed, advertisers=args.advertisers, duration_s=duration,
-                    base_rate_per_s=args.base_rate, incidents=parse_incidents(args.incidents))
+                    base_rate_per_s=args.base_rate, incidents=parse_incidents(args.incidents),
+                    warmup_fraction=getattr(args, "warmup_fraction", 0.30))
     if live:
         return live_config(cfg, args.speedup)
     if args.start_ms is not None:

@@ -1,0 +1,373 @@
+"""Shared fixtures and helpers: the session broker, per-test topic prefixes, worker processes,
+a murmur2 producer and a bounded reader of output topics.
+
+Helpers are plain functions (``from tests.conftest import produce, consume_until``) so tests can
+use them inside loops; fixtures wrap the ones that own resources (worker processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+import jsonschema
+import pytest
+
+# The session broker fixture ``kafka_broker`` (and its report header / summary hooks).
+pytest_plugins = ["tests.conftest_brokers"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas"
+
+
+# -- test outcome, for fixtures that print diagnostics on failure ----------------------------
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+               for when in ("setup", "call"))
+
+
+# -- JSON schemas ----------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def schema_validator(name: str) -> jsonschema.protocols.Validator:
+    """A validator for ``schemas/<name>`` (e.g. ``"risk-alert.v1.json"``), schema itself checked."""
+    schema = json.loads((SCHEMAS / name).read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def assert_valid(name: str, record: dict) -> None:
+    errors = sorted(schema_validator(name).iter_errors(record), key=lambda e: list(e.path))
+    assert not errors, f"{name}: " + "; ".join(
+        f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors[:5])
+
+
+# -- topics ----------------------------------------------------------------------------------
+@pytest.fixture
+def topic_prefix() -> str:
+    """Unique per test: tests share the session broker, never a topic."""
+    return f"t{uuid.uuid4().hex[:12]}-"
+
+
+def apply_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Create every topic of topics.yaml under ``prefix`` (app.topics.apply_topics)."""
+    from app.topics import apply_topics as _apply
+
+    return _apply(bootstrap, prefix, timeout=30.0)
+
+
+@pytest.fixture
+def kafka_topics(kafka_broker: Any, topic_prefix: str) -> str:
+    """The test's topics, created; returns the prefix."""
+    created = apply_topics(kafka_broker.bootstrap, topic_prefix)
+    assert f"{topic_prefix}ad-impressions" in created, created
+    return topic_prefix
+
+
+# -- producing -------------------------------------------------------------------------------
+def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+            timeout: float = 60.0) -> list[tuple[int, int]]:
+    """Produce ``(key, value)`` records in order with the murmur2 partitioner (Java's and
+    aiokafka's default, so a keyed record lands where the replay routes it). Returns each
+    record's ``(partition, offset)``; fails the test if any is not delivered in time."""
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "partitioner": "murmur2_random",
+        "acks": "all",
+        "enable.idempotence": True,  # in-order per partition, even with retries
+        "linger.ms": 5,
+        "compression.type": "none",
+        "message.max.bytes": 4 * 1024 * 1024,
+    })
+    delivered: list[tuple[int, int] | None] = [None] * len(records)
+    errors: list[str] = []
+
+    def report(i: int) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(f"record {i}: {err}")
+            else:
+                delivered[i] = (msg.partition(), msg.offset())
+        return on_delivery
+
+    for i, (key, value) in enumerate(records):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=report(i))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(timeout)
+    assert not errors, f"produce to {topic}: {errors[:5]}"
+    assert remaining == 0 and None not in delivered, \
+        f"produce to {topic}: {remaining} record(s) undelivered after {timeout}s"
+    return delivered  # type: ignore[return-value]
+
+
+def produce_lines(bootstrap: str, topic: str, lines: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Produce JSON lines keyed by their advertiser_id (the topics' contract)."""
+    import orjson
+
+    return produce(bootstrap, topic,
+                   [(orjson.loads(v)["advertiser_id"].encode(), v) for v in lines])
+
+
+# -- consuming -------------------------------------------------------------------------------
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    def json(self) -> Any:
+        import orjson
+
+        return orjson.loads(self.value)
+
+
+Until = int | Callable[[list[Record]], bool]
+
+
+def _describe(records: list[Record], n: int = 5) -> str:
+    shown = [f"  p{r.partition}@{r.offset} key={r.key!r} value={(r.value or b'')[:200]!r}"
+             for r in records[-n:]]
+    return "\n".join(shown) or "  (nothing)"
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning with a fresh consumer, accumulating records.
+
+    Partitions are *assigned* (group id fresh and unused for offsets), not subscribed: no
+    group join, so no rebalance delay on any broker kind.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.topic = topic
+        self.records: list[Record] = []
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        })
+        meta = self.consumer.list_topics(topic, timeout=30)
+        tmeta = meta.topics.get(topic)
+        assert tmeta is not None and tmeta.error is None and tmeta.partitions, \
+            f"topic {topic} not found: {tmeta and tmeta.error}"
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                              for p in sorted(tmeta.partitions)])
+
+    def poll(self, seconds: float = 0.5) -> list[Record]:
+        """Read what arrives within ``seconds``; returns the new records."""
+        new: list[Record] = []
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msgs = self.consumer.consume(num_messages=1000, timeout=min(left, 0.5))
+            for m in msgs:
+                if m.error() is not None:
+                    raise AssertionError(f"{self.topic}: consumer error {m.error()}")
+                new.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+            if msgs and len(msgs) < 1000:
+                break  # drained what is there: let the caller check its condition
+        self.records.extend(new)
+        return new
+
+    def wait_for(self, until: Until, timeout: float, what: str = "",
+                 on_timeout: Callable[[], str] | None = None) -> list[Record]:
+        """Poll until ``until`` holds (a record count, or a predicate over all records read so
+        far), or fail after ``timeout`` seconds with what was seen."""
+        check = (lambda rs: len(rs) >= until) if isinstance(until, int) else until
+        deadline = time.monotonic() + timeout
+        while not check(self.records):
+            if time.monotonic() >= deadline:
+                extra = on_timeout() if on_timeout else ""
+                pytest.fail(f"{self.topic}: {what or until} not reached within {timeout:.0f}s; "
+                            f"saw {len(self.records)} record(s), last:\n"
+                            f"{_describe(self.records)}{extra}", pytrace=False)
+            self.poll(0.5)
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> "TopicReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def consume_until(bootstrap: str, topic: str, until: Until, timeout: float,
+                  what: str = "") -> list[Record]:
+    """Every record of ``topic`` from the beginning, once ``until`` holds (bounded wait)."""
+    with TopicReader(bootstrap, topic) as reader:
+        return list(reader.wait_for(until, timeout, what))
+
+
+# -- worker processes ------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    log_path: Path
+    port: int
+    prefix: str
+    app_id: str
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+    stopped: bool = False
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def metrics(self) -> dict[str, float]:
+        """``/metrics`` samples summed by metric name over their labels."""
+        status, body = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + float(value)
+        return out
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited with {self.proc.returncode} before ready; log tail:"
+                            f"\n{self.log_tail()}", pytrace=False)
+            try:
+                status, body = self.get("/readyz", timeout=1.0)
+                if status == 200:
+                    return
+                last = f"{status} {body[:100]!r}"
+            except (urllib.error.URLError, ConnectionError, socket.timeout) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        pytest.fail(f"worker not ready within {timeout}s (/readyz: {last}); log tail:\n"
+                    f"{self.log_tail()}", pytrace=False)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (Faust's graceful stop), SIGKILL if it has not exited within ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.stopped = True
+        return self.proc.returncode
+
+
+def worker_env(bootstrap: str, broker_kind: str, prefix: str, app_id: str, data_dir: Path,
+               port: int, **overrides: str) -> dict[str, str]:
+    """A clean environment for a worker: nothing inherited that riskstream or Kafka reads."""
+    from app.brokers import faust_settings
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RISKSTREAM_", "KAFKA_"))}
+    fs = faust_settings(broker_kind if broker_kind in ("apache", "embedded") else "apache")
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "RISKSTREAM_TOPIC_PREFIX": prefix,
+        "RISKSTREAM_APP_ID": app_id,
+        "RISKSTREAM_DATA_DIR": str(data_dir),
+        "RISKSTREAM_WEB_PORT": str(port),
+        "RISKSTREAM_SESSION_TIMEOUT_MS": str(int(fs["broker_session_timeout"] * 1000)),
+        "RISKSTREAM_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    })
+    if "producer_max_batch_size" in fs:
+        env["RISKSTREAM_PRODUCER_MAX_BATCH_SIZE"] = str(fs["producer_max_batch_size"])
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def worker(kafka_broker: Any, tmp_path: Path, request: pytest.FixtureRequest
+           ) -> Iterator[Callable[..., Worker]]:
+    """Factory: ``worker(prefix, ready_timeout=90, **env)`` starts ``riskstream worker`` as a
+    subprocess on the session broker and returns once ``/readyz`` answers 200. Every worker is
+    stopped at teardown (SIGTERM, then SIGKILL); on failure the log tails are printed."""
+    started: list[Worker] = []
+
+    def start(prefix: str, *, ready_timeout: float = 90.0, **env_overrides: str) -> Worker:
+        n = len(started)
+        app_id = f"rs-test-{uuid.uuid4().hex[:10]}"
+        wdir = tmp_path / f"worker{n}"
+        wdir.mkdir()
+        port = free_port()
+        env = worker_env(kafka_broker.bootstrap, kafka_broker.kind, prefix, app_id,
+                         wdir / "data", port, **env_overrides)
+        log_path = wdir / "worker.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=wdir,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        w = Worker(proc, log_path, port, prefix, app_id, env)
+        started.append(w)
+        w.wait_ready(ready_timeout)
+        return w
+
+    yield start
+
+    failed = _failed(request)
+    for w in started:
+        was_running = w.proc.poll() is None
+        code = w.stop()
+        if failed or not was_running:
+            state = "stopped" if was_running else "had already exited"
+            print(f"\n--- worker {w.app_id} {state} (exit {code}); log tail {w.log_path}:\n"
+                  f"{w.log_tail(80)}")
