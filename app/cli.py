@@ -8,6 +8,7 @@
     riskstream backtest ...                 replay files through the same engine, offline
     riskstream alerts follow                example enforcement consumer (idempotent by alert_id)
     riskstream models list|set|shadow|promote
+    riskstream bench [--quick] [--json F]   throughput, latency, state and recovery figures
     riskstream settings                     every setting, its env var and default
 """
 
@@ -142,6 +143,12 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from app.bench import run_bench
+
+    return run_bench(args, settings)
+
+
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for env, default, doc in settings_table():
         print(f"{env:40} {default:28} {doc}")
@@ -203,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     backtest.add_arguments(p)
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("bench", help="benchmark harness against the local Apache Kafka")
+    p.add_argument("--quick", action="store_true", help="a smaller run of everything (< 5 min)")
+    p.add_argument("--json", dest="json_path", help="write the figures to this JSON file")
+    p.add_argument("--bootstrap", help="use this broker instead of starting Apache Kafka")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("alerts", help="example enforcement consumer")
     p.add_argument("action", choices=["follow"])

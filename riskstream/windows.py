@@ -38,8 +38,8 @@ _HASH_SPACE = float(1 << 32)
 def window_start(event_time_ms: int, size_ms: int) -> int:
     """Start of the tumbling window holding ``event_time_ms``.
 
-    >>> window_start(1_700_000_012_345, 60_000)
-    1700000000000
+    >>> window_start(1_700_000_032_345, 60_000)
+    1699999980000
     """
     return event_time_ms - (event_time_ms % size_ms)
 
