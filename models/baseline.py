@@ -78,6 +78,9 @@ DEFAULT_PRIORS: dict[str, float] = {
     "impressions_per_user": 1.1,
     "mean_rating": 4.0,
 }
+COUNT_MEMORY = 20.0  # expected events a rate baseline remembers
+MIN_ALPHA = 1e-4
+
 # Typical denominators of one window, used to size the prior's pseudo-evidence.
 PRIOR_DENOMINATORS: dict[str, float] = {
     "impressions": 100.0,
@@ -136,8 +139,8 @@ class RobustBaseline:
         prior_weight: float = 8.0,
         priors: dict[str, float] | None = None,
         short_decays: tuple[float, ...] = (0.9, 0.97),
-        learn_guard: float = 2.0,
-        z_mid: float = 4.5,
+        learn_guard: float = 1.0,
+        z_mid: float = 4.0,
         z_scale: float = 0.6,
         level_var_floor: float = 0.04,
     ) -> None:
@@ -149,12 +152,12 @@ class RobustBaseline:
         self.level_var_floor = level_var_floor
         p = dict(DEFAULT_PRIORS)
         p.update(priors or {})
-        # Rates: [EW numerator, EW denominator, short numerator sum, short denominator sum];
-        # the EW sums start at the cohort prior as if ``prior_weight`` typical windows (of
-        # PRIOR_DENOMINATORS volume) had been seen.
+        # Rates: [decayed numerator, decayed denominator, then per short horizon the decayed
+        # numerator and denominator]. The long sums start at the cohort prior, worth
+        # ``prior_weight`` typical windows of PRIOR_DENOMINATORS volume.
         self._rates = {}
         for name, (_num, den_name) in RATES.items():
-            den = prior_weight * alpha * PRIOR_DENOMINATORS[den_name]
+            den = prior_weight * PRIOR_DENOMINATORS[den_name]
             self._rates[name] = [p[name] * den, den] + [0.0, 0.0] * len(self.short_decays)
         # Levels: EW mean and variance of log1p(value), with a weight.
         self._levels = {
@@ -239,15 +242,20 @@ class RobustBaseline:
             if den <= 0:
                 continue
             k = max(counts[num_name], 0.0)
+            s = self._rates[name]
+            # The baseline's memory scales with evidence: about COUNT_MEMORY expected events,
+            # at most 1/alpha windows. A rare count (0.01 complaints a window) is averaged over
+            # days, so one complaint cannot quadruple its own baseline; clicks adapt in an hour.
+            expected = (s[0] / s[1]) * den if s[1] > 0 else 0.0
+            rate_a = min(a, max(expected / COUNT_MEMORY, MIN_ALPHA))
             # A rate whose own evidence is already elevated (but below the alert threshold)
             # adapts twenty times slower: a ramp or a trickle of reports must not become the
             # baseline it is judged against, while a genuine shift is still absorbed in hours.
             dev = self._rate_deviation(name, k, den)
-            rate_a = a * 0.05 if dev is not None and dev.deviation > self.learn_guard else a
-            s = self._rates[name]
-            # Pooled EW sums (volume-weighted): busy windows carry more evidence than quiet ones.
-            s[0] = (1.0 - rate_a) * s[0] + rate_a * k
-            s[1] = (1.0 - rate_a) * s[1] + rate_a * den
+            if dev is not None and dev.deviation > self.learn_guard:
+                rate_a *= 0.05
+            s[0] = (1.0 - rate_a) * s[0] + k
+            s[1] = (1.0 - rate_a) * s[1] + den
         self._accumulate_short(counts)
         keep = 1.0 - a
         for name, (_direction, evidence_name) in LEVELS.items():

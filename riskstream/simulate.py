@@ -119,7 +119,7 @@ class SimConfig:
     bad_fraction: float = 0.10
     benign_fraction: float = 0.05
     sparse_fraction: float = 0.05        # advertisers with ~0.2-2 impressions per minute
-    incident_min_rate_per_s: float = 0.2  # "auto" picks advertisers with >= 12 impressions/min
+    incident_min_rate_per_s: float = 1.0  # "auto" picks advertisers with >= 60 impressions/min
     warmup_fraction: float = 0.30        # no incident starts in this first part of the run
     tail_fraction: float = 0.10          # ... nor ends in this last part (delayed feedback)
     incident_min_s: float = 900.0

@@ -1,0 +1,174 @@
+"""Offline replay (riskstream.backtest) over simulated traffic, and `riskstream backtest`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app.factory import engine_config
+from app.settings import Settings
+from riskstream.backtest import evaluate, partition_for, read_lines, replay
+from riskstream.simulate import IncidentSpec, SimConfig, generate, ground_truth, write_jsonl
+from tests.conftest import assert_valid
+
+# ~30 advertisers, 1.5 h of event time, one blatant click-spam incident (CTR x10, machine-fast
+# clicks) on an advertiser the simulator picks among those with enough traffic.
+SIM = SimConfig(seed=5, advertisers=30, duration_s=5400, base_rate_per_s=10,
+                incidents=(IncidentSpec("click_spam", params=(("ctr_x", 10.0),)),))
+GRACE_WINDOWS = 30
+
+
+@lru_cache(maxsize=None)
+def lines() -> tuple[list[bytes], list[bytes]]:
+    imps, fbs = [], []
+    for kind, _key, value in generate(SIM):
+        (imps if kind == "impression" else fbs).append(value)
+    return imps, fbs
+
+
+@lru_cache(maxsize=None)
+def result():
+    imps, fbs = lines()
+    return replay(imps, fbs, engine_config=engine_config(Settings()), partitions=6)
+
+
+def incident_alerts(alerts: list[dict], truth: dict, window_ms: int) -> list[dict]:
+    return [a for a in alerts
+            if a["advertiser_id"] == truth["advertiser_id"]
+            and a["status"] in ("open", "escalated")
+            and a["window"]["end"] > truth["start_ms"]
+            and a["window"]["start"] <= truth["end_ms"] + GRACE_WINDOWS * window_ms]
+
+
+def test_replay_alerts_on_the_incident_advertiser():
+    (truth,) = ground_truth(SIM)
+    assert truth["kind"] == "click_spam" and truth["expected_alert"]
+    res = result()
+    imps, fbs = lines()
+    assert res.events == len(imps) + len(fbs) and res.invalid == {}
+    alerts = res.alerts()
+    hits = incident_alerts(alerts, truth, 60_000)
+    assert hits, (f"no alert for {truth['advertiser_id']} in the incident; alerts: "
+                  f"{[(a['advertiser_id'], a['status']) for a in alerts]}")
+    first = min(hits, key=lambda a: a["window"]["start"])
+    assert first["mode"] == "enforce"
+    assert first["severity"] in ("medium", "high", "critical")
+    assert first["reasons"], "an alert explains itself"
+    for a in alerts:
+        assert_valid("risk-alert.v1.json", a)
+    # the incident is the only one: most advertisers stay quiet
+    assert len({a["advertiser_id"] for a in alerts if a["status"] == "open"}) <= 5
+
+
+def test_replay_closes_windows_of_every_active_advertiser():
+    res = result()
+    scores = [o.record for o in res.outputs if o.kind == "score"]
+    advertisers = {orjson.loads(v)["advertiser_id"] for v in lines()[0]}
+    assert {s["advertiser_id"] for s in scores} == advertisers
+    for s in scores[:100]:
+        assert_valid("risk-score.v1.json", s)
+    # each (advertiser, window) is scored once
+    keys = [(s["advertiser_id"], s["window"]["start"]) for s in scores]
+    assert len(keys) == len(set(keys))
+
+
+def test_replay_counts_invalid_lines_and_ignores_them():
+    imps, fbs = lines()
+    bad = [b"{", b"[]", b'{"event_id": "x"}']
+    res = replay(imps[:2000] + bad, fbs[:50] + [b'{"kind": "like"}'], partitions=6)
+    assert res.invalid == {"bad_json": 1, "not_an_object": 1, "missing_field": 2}
+    clean = replay(imps[:2000], fbs[:50], partitions=6)
+    assert [o.record for o in res.outputs] == [o.record for o in clean.outputs]
+
+
+# Kafka's own test vectors for Utils.murmur2 (clients UtilsTest), as signed Java ints
+JAVA_MURMUR2 = {b"21": -973932308, b"foobar": -790332482,
+                b"a-little-bit-long-string": -985981536,
+                b"a-little-bit-longer-string": -1486304829,
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+                b"abc": 479470107}
+
+
+@pytest.mark.parametrize("key", list(JAVA_MURMUR2))
+def test_partition_for_matches_the_java_partitioner(key):
+    for n in (1, 6, 7, 12):
+        assert partition_for(key, n) == (JAVA_MURMUR2[key] & 0x7FFFFFFF) % n
+
+
+def test_partition_for_spreads_advertisers():
+    spread = {partition_for(f"adv-{i:05d}".encode(), 6) for i in range(60)}
+    assert spread == set(range(6))
+
+
+def test_evaluate_matches_incidents_by_advertiser_and_time():
+    t = {"advertiser_id": "a", "kind": "click_spam", "start_ms": 600_000, "end_ms": 1_200_000,
+         "expected_alert": True}
+    benign = {"advertiser_id": "b", "kind": "benign_launch", "start_ms": 0, "end_ms": 600_000,
+              "expected_alert": False}
+
+    def alert(adv, start, status="open"):
+        return {"advertiser_id": adv, "status": status,
+                "window": {"start": start, "end": start + 60_000}}
+
+    ev = evaluate([alert("a", 660_000), alert("a", 720_000, "escalated"), alert("b", 60_000),
+                   alert("c", 60_000)], [t, benign], window_ms=60_000, grace_ms=0,
+                  advertiser_hours=10.0)
+    assert ev["incidents"] == 1 and ev["detected"] == 1 and ev["incident_recall"] == 1.0
+    assert ev["alert_episodes"] == 3 and ev["true_episodes"] == 1
+    assert ev["alerts_on_benign"] == 1
+    assert ev["median_delay_windows"] == 2.0  # first alert window ends 2 windows after start
+    missed = evaluate([alert("a", 0)], [t], window_ms=60_000, grace_ms=0, advertiser_hours=1.0)
+    assert missed["detected"] == 0 and missed["incident_recall"] == 0.0
+
+
+def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
+    imp_path, fb_path, truth_path = (tmp_path / n for n in
+                                     ("imps.jsonl", "fb.jsonl", "truth.jsonl"))
+    counts = write_jsonl(SIM, str(imp_path), str(fb_path), str(truth_path))
+    assert counts["incidents"] == 1
+    assert read_lines(imp_path) == lines()[0]  # the files hold exactly the generated stream
+    out, report_dir = tmp_path / "out" / "alerts.jsonl", tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKSTREAM_", "KAFKA_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "backtest", "--impressions", str(imp_path),
+         "--feedback", str(fb_path), "--truth", str(truth_path), "--out", str(out),
+         "--report", str(report_dir)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    alerts = [orjson.loads(line) for line in read_lines(out)]
+    assert alerts, proc.stdout
+    for a in alerts:
+        assert_valid("risk-alert.v1.json", a)
+    # the CLI runs the very replay of the library (same settings, topics.yaml partitions)
+    assert [a["alert_id"] for a in alerts] == [a["alert_id"] for a in result().alerts()]
+
+    report = orjson.loads((report_dir / "report.json").read_bytes())
+    assert report["input"] == {"impressions": counts["impressions"],
+                               "feedback": counts["feedback"]}
+    entry = report["models"][Settings().model_spec]
+    assert entry["alerts"] == len(alerts) and entry["events"] == counts["events"]
+    assert entry["invalid"] == {}
+    ev = entry["evaluation"]
+    for key in ("incidents", "detected", "incident_recall", "alert_episodes", "true_episodes",
+                "episode_precision", "benign_lookalikes", "alerts_on_benign",
+                "median_delay_windows", "p90_delay_windows", "alerts_total",
+                "alerts_per_1000_advertiser_hours", "per_kind"):
+        assert key in ev, key
+    assert ev["incidents"] == 1 and ev["detected"] == 1 and ev["incident_recall"] == 1.0
+    assert ev["per_kind"] == {"click_spam": {"incidents": 1, "detected": 1}}
+    assert ev["alerts_total"] == len(alerts)
+
+
+def test_backtest_cli_needs_inputs(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKSTREAM_", "KAFKA_"))}
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "backtest", "--out",
+                           str(tmp_path / "a.jsonl")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--impressions" in proc.stderr
+    assert not (tmp_path / "a.jsonl").exists()
