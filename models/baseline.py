@@ -118,6 +118,20 @@ def freeman_tukey(k: float, lam: float) -> float:
     return math.sqrt(k) + math.sqrt(k + 1.0) - math.sqrt(4.0 * lam + 1.0)
 
 
+def calibrate(z: float, z_mid: float, z_scale: float) -> float:
+    """Deviation (standard units) to a risk score in [0, 1]: the logistic around ``z_mid``.
+
+    >>> calibrate(4.0, 4.0, 0.6), calibrate(-1e6, 4.0, 0.6), calibrate(1e6, 4.0, 0.6)
+    (0.5, 0.0, 1.0)
+    """
+    t = (z - z_mid) / z_scale
+    if t > 50:
+        return 1.0
+    if t < -50:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-t))
+
+
 def _finite(v: Any) -> float:
     try:
         f = float(v)
@@ -210,11 +224,7 @@ class RobustBaseline:
         return top[0] + (0.5 * top[1] if len(top) > 1 else 0.0)
 
     def score_one(self, x: dict[str, float]) -> float:
-        z = self._combine(self.deviations(x))
-        t = (z - self.z_mid) / self.z_scale
-        if t > 50:
-            return 1.0
-        return 1.0 / (1.0 + math.exp(-t))
+        return calibrate(self._combine(self.deviations(x)), self.z_mid, self.z_scale)
 
     def explain(self, x: dict[str, float], top: int = 3) -> list[Contribution]:
         devs = [d for d in self.deviations(x) if d.deviation > 0]

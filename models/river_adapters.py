@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from models.baseline import _finite
+from models.baseline import _finite, calibrate
 from models.protocol import Contribution
 from models import serialization
 
@@ -61,8 +61,7 @@ class CalibratedRiver:
             return 0.0
         raw = self._raw(x)
         z = (raw - self._raw_mean) / math.sqrt(self._raw_var + 1e-4)
-        t = (z - self.z_mid) / self.z_scale
-        return 1.0 if t > 50 else 1.0 / (1.0 + math.exp(-t))
+        return calibrate(z, self.z_mid, self.z_scale)
 
     def explain(self, x: dict[str, float], top: int = 3) -> list[Contribution]:
         return []
