@@ -153,7 +153,7 @@ class RobustBaseline:
         prior_weight: float = 8.0,
         priors: dict[str, float] | None = None,
         short_decays: tuple[float, ...] = (0.9, 0.97),
-        learn_guard: float = 1.0,
+        learn_guard: float = 2.0,
         z_mid: float = 4.0,
         z_scale: float = 0.6,
         level_var_floor: float = 0.04,
@@ -184,12 +184,13 @@ class RobustBaseline:
         return self._seen
 
     # -- scoring --------------------------------------------------------------------------
-    def _rate_deviation(self, name: str, k: float, den: float) -> Contribution | None:
+    def _rate_deviation(self, name: str, k: float, den: float,
+                        horizons_only: bool = False) -> Contribution | None:
         """The strongest of the window's and the short horizons' deviations for one rate."""
         s = self._rates[name]
         base_rate = s[0] / s[1] if s[1] > 0 else 0.0
         best: Contribution | None = None
-        if den > 0:
+        if den > 0 and not horizons_only:
             best = Contribution(name, k / den, base_rate, freeman_tukey(k, base_rate * den))
         for i, d in enumerate(self.short_decays):
             k_s, n_s = d * s[2 + 2 * i] + k, d * s[3 + 2 * i] + den
@@ -258,14 +259,14 @@ class RobustBaseline:
             # days, so one complaint cannot quadruple its own baseline; clicks adapt in an hour.
             expected = (s[0] / s[1]) * den if s[1] > 0 else 0.0
             rate_a = min(a, max(expected / COUNT_MEMORY, MIN_ALPHA))
-            # A rate whose own evidence is already elevated (but below the alert threshold)
-            # adapts twenty times slower: a ramp or a trickle of reports must not become the
+            # A rate whose accumulated evidence is already elevated (below the alert threshold)
+            # barely moves it: a ramp or a trickle of reports must not become the
             # baseline it is judged against, while a genuine shift is still absorbed in hours.
-            dev = self._rate_deviation(name, k, den)
-            if dev is not None and dev.deviation > self.learn_guard:
-                rate_a *= 0.05
-            s[0] = (1.0 - rate_a) * s[0] + k
-            s[1] = (1.0 - rate_a) * s[1] + den
+            # Such a window enters with weight 0.05, and the past decays correspondingly less.
+            dev = self._rate_deviation(name, k, den, horizons_only=True)
+            w = 0.05 if dev is not None and dev.deviation > self.learn_guard else 1.0
+            s[0] = (1.0 - w * rate_a) * s[0] + w * k
+            s[1] = (1.0 - w * rate_a) * s[1] + w * den
         self._accumulate_short(counts)
         keep = 1.0 - a
         for name, (_direction, evidence_name) in LEVELS.items():
