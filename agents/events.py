@@ -66,6 +66,8 @@ def register_agents(ra: Any) -> None:
         writes = engine.checkpoint()
         metrics.checkpoints.inc()
         metrics.checkpoint_writes.inc(writes)
+        if writes:
+            metrics.model_state_bytes.set(engine.stats["last_checkpoint_bytes"])
 
     @app.agent(topics["inputs"], name="risk-events")
     async def risk_events(stream: Any) -> None:

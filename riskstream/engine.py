@@ -43,6 +43,7 @@ MAX_STATE_BYTES = 256 * 1024
 SOURCES = ("impression", "feedback")
 NEG_INF = -(1 << 62)
 RECENT_SCORES = 30  # per-advertiser score history kept for lookups
+EXPIRY_EVERY_CHECKPOINTS = 60
 
 
 class StateStore(Protocol):
@@ -212,7 +213,8 @@ class RiskEngine:
         self._partitions: dict[int, _PartitionClock] = {}
         self._dirty_meta: set[int] = set()
         self.stats = {"events": 0, "late": 0, "windows_closed": 0, "alerts": 0,
-                      "shadow_alerts": 0, "suppressed": 0, "checkpoints": 0, "expired": 0}
+                      "shadow_alerts": 0, "suppressed": 0, "checkpoints": 0, "expired": 0,
+                      "last_checkpoint_bytes": 0}
 
     # -- partitions -----------------------------------------------------------------------
     def _partition(self, p: int) -> _PartitionClock:
@@ -274,17 +276,25 @@ class RiskEngine:
     def checkpoint(self) -> int:
         """Write every changed advertiser and partition clock to the store. Returns writes."""
         writes = 0
+        written_bytes = 0
+        self.stats["checkpoints"] += 1
+        if self.stats["checkpoints"] % EXPIRY_EVERY_CHECKPOINTS == 0:
+            self._expire_idle()
         for key in self._dirty:
             st = self._states.get(key)
             if st is None:
-                continue
-            if not st.windows and not st.lifecycle and not st.models:
+                self.store.delete(int(key.split(":", 2)[1]), key)
+            elif not st.windows and not st.lifecycle and not st.models:
                 self.store.delete(st.partition, key)
                 self._states.pop(key, None)
             else:
-                self.store.put(st.partition, key, st.dumps())
+                raw = st.dumps()
+                written_bytes += len(raw)
+                self.store.put(st.partition, key, raw)
             writes += 1
         self._dirty.clear()
+        if writes:
+            self.stats["last_checkpoint_bytes"] = written_bytes
         for p in self._dirty_meta:
             clock = self._partitions.get(p)
             if clock is not None:
@@ -292,8 +302,20 @@ class RiskEngine:
                 self.store.put(p, _meta_key(p), orjson.dumps(meta))
                 writes += 1
         self._dirty_meta.clear()
-        self.stats["checkpoints"] += 1
         return writes
+
+    def _expire_idle(self) -> None:
+        """Forget advertisers idle for longer than the TTL in event time (no open window, no
+        open alert): bounded memory and state, whatever the churn of advertisers."""
+        ttl = self.config.advertiser_ttl_ms
+        for key, st in list(self._states.items()):
+            clock = self._partitions.get(st.partition)
+            if clock is None or st.windows or st.lifecycle:
+                continue
+            if st.last_event_ms < clock.closed_to - ttl:
+                del self._states[key]
+                self._dirty.add(key)
+                self.stats["expired"] += 1
 
     # -- events ---------------------------------------------------------------------------
     def process(self, event: dict, partition: int, caught_up: bool = False) -> list[Output]:
