@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 
 from riskstream.engine import ModelConfig
-from riskstream.events import InvalidEvent, dead_letter_record, validate_feedback, validate_impression
+from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
+                               validate_feedback, validate_impression)
 
 log = logging.getLogger("riskstream.agents")
 
@@ -39,8 +40,9 @@ def register_agents(ra: Any) -> None:
     limits = ra.limits
     topics = ra.topics
     source_of = {topics["impressions"]: ("impression", validate_impression),
-                 topics["feedback"]: ("feedback", validate_feedback)}
-    input_names = set(source_of)
+                 topics["feedback"]: ("feedback", validate_feedback),
+                 topics["decisions"]: ("decision", validate_decision)}
+    input_names = {topics["impressions"], topics["feedback"]}  # they drive event time
     positions: dict[Any, int] = {}  # next offset to process, per owned input partition
     last_active: dict[Any, float] = {}  # monotonic time of the last event (or assignment), per tp
     lock = asyncio.Lock()
@@ -61,6 +63,13 @@ def register_agents(ra: Any) -> None:
                     metrics.event_to_alert_seconds.observe(max(now - r["window"]["end"] / 1000, 0))
                     log.info("alert %s %s %s", r["status"], r["advertiser_id"], r["severity"],
                              extra={"alert_id": r["alert_id"], "advertiser_id": r["advertiser_id"]})
+
+    def record_decision(ev: dict) -> None:
+        metrics.enforcement_decisions.labels(ev["decision"]).inc()
+        for detector, (confirmed, dismissed) in engine.decisions.items():
+            if confirmed + dismissed:
+                metrics.detector_precision.labels(detector).set(
+                    confirmed / (confirmed + dismissed))
 
     def checkpoint() -> None:
         writes = engine.checkpoint()
@@ -90,6 +99,10 @@ def register_agents(ra: Any) -> None:
                     raw = event.value if event.value is not None else b""
                     try:
                         ev = validate(raw, now_ms, limits)
+                        if source == "decision":
+                            engine.apply_decision(ev, msg.partition)
+                            record_decision(ev)
+                            continue
                         outputs = engine.process(ev, msg.partition, caught_up=False)
                     except InvalidEvent as exc:
                         await dead_letter(msg, raw, exc, now_ms)

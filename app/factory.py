@@ -116,10 +116,14 @@ def create_app(settings: Settings, bootstrap: str, *,
     metrics = Metrics(registry or CollectorRegistry())
     t = settings.topic
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    inputs = faust_app.topic(t("ad-impressions"), t("user-feedback"), **raw)
+    # Enforcement decisions are co-partitioned with the inputs (key advertiser_id), so a
+    # decision reaches the worker that holds that advertiser's state.
+    inputs = faust_app.topic(t("ad-impressions"), t("user-feedback"),
+                             t("risk-enforcement-decisions"), **raw)
     topics = {
         "impressions": t("ad-impressions"),
         "feedback": t("user-feedback"),
+        "decisions": t("risk-enforcement-decisions"),
         "inputs": inputs,
         "alerts": faust_app.topic(t("risk-alerts"), **raw),
         "shadow_alerts": faust_app.topic(t("risk-alerts-shadow"), **raw),

@@ -63,5 +63,13 @@ class Metrics:
             "riskstream_rebalances_total", "Consumer group rebalances seen", registry=registry)
         self.ready = Gauge(
             "riskstream_ready", "1 once table recovery has finished", registry=registry)
+        self.enforcement_decisions = Counter(
+            "riskstream_enforcement_decisions_total",
+            "Enforcement decisions on alerts read from risk-enforcement-decisions",
+            ["decision"], registry=registry)
+        self.detector_precision = Gauge(
+            "riskstream_detector_precision_ratio",
+            "Live precision per detector: confirmed / (confirmed + dismissed) since start",
+            ["detector"], registry=registry)
         self.model_config_version = Gauge(
             "riskstream_model_config_version", "Model config version in force", registry=registry)

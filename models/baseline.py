@@ -11,9 +11,8 @@ events to look anomalous than large ones, which is what an analyst would also co
 Two horizons: each window is judged on its own, and a decayed sum of the last ~10 windows'
 counts (decay ``short_decay``) is judged the same way against the same baseline. The second
 catches what no single window can show: a scam ad at 60 impressions a minute draws one report
-every few minutes, and complaints about a cloaked landing page trickle in over an hour. The short
-sums keep accumulating in flagged windows (``observe_flagged``); the long baseline does not
-learn from them.
+every few minutes, and complaints about a cloaked landing page trickle in over an hour. A flagged
+window restarts the short sums (``observe_flagged``) and never enters the long baseline.
 
 Levels (dwell, click delay, impressions per user, rating) use an EW mean/variance on
 ``log1p(value)`` with a variance floor, shrunk by the amount of evidence in the window.
@@ -23,9 +22,9 @@ dwell time is good news, not an alert. Cold start: every baseline begins at the 
 a pseudo-weight, so a new advertiser is judged against the cohort from its first window and its own
 history takes over as it accumulates (EW weight ``alpha``).
 
-Calibration: the top two deviations combine into ``z = z1 + 0.25 * z2``, and the risk score is the
-logistic ``1 / (1 + exp(-(z - z_mid) / z_scale))``. With the defaults z = 5 maps to 0.5 and z = 6.1
-to the default alert threshold 0.8.
+Calibration: the top two deviations combine into ``z = z1 + 0.5 * z2``, and the risk score is the
+logistic ``1 / (1 + exp(-(z - z_mid) / z_scale))``. With the defaults z = 4 maps to 0.5 and
+z = 4.8 to the default alert threshold 0.8.
 
 >>> m = RobustBaseline()
 >>> normal = {"impressions": 400.0, "clicks": 6.0, "ctr": 0.015, "reports": 0.0}
@@ -52,7 +51,7 @@ RATES: dict[str, tuple[str, str]] = {
     "hide_rate": ("hides", "impressions"),
     "not_interested_rate": ("not_interested", "impressions"),
     "scam_report_rate": ("scam_reports", "impressions"),
-    "complaint_rate": ("complaints_refunds", "impressions"),
+    "complaints_per_impression": ("complaints_refunds", "impressions"),
     "low_rating_share": ("low_ratings", "satisfaction_responses"),
 }
 # level feature -> (risk direction, evidence feature whose size shrinks the deviation)
@@ -71,7 +70,7 @@ DEFAULT_PRIORS: dict[str, float] = {
     "hide_rate": 2e-3,
     "not_interested_rate": 2e-3,
     "scam_report_rate": 2e-4,
-    "complaint_rate": 3e-5,
+    "complaints_per_impression": 3e-5,
     "low_rating_share": 0.15,
     "mean_dwell_ms": 20000.0,
     "median_click_delay_ms": 3000.0,
@@ -242,8 +241,13 @@ class RobustBaseline:
                 s[3 + 2 * i] = d * s[3 + 2 * i] + n
 
     def observe_flagged(self, x: dict[str, float]) -> None:
-        """A flagged window: keep its evidence in the short sums, keep it out of the baseline."""
-        self._accumulate_short({k: _finite(v) for k, v in derived_counts(x).items()})
+        """A flagged window: its evidence has been acted on. Keep it out of the baseline and
+        restart the short horizons, so the episode stays open only while new windows are
+        anomalous again (and resolves once they are not), instead of the decayed evidence of
+        one burst keeping it open for a hundred windows."""
+        for s in self._rates.values():
+            for i in range(2, len(s)):
+                s[i] = 0.0
 
     def learn_one(self, x: dict[str, float]) -> None:
         a = self.alpha
@@ -255,7 +259,7 @@ class RobustBaseline:
             k = max(counts[num_name], 0.0)
             s = self._rates[name]
             # The baseline's memory scales with evidence: about COUNT_MEMORY expected events,
-            # at most 1/alpha windows. A rare count (0.01 complaints a window) is averaged over
+            # and never less than 1/alpha windows. A rare count (0.01 complaints a window) is averaged over
             # days, so one complaint cannot quadruple its own baseline; clicks adapt in an hour.
             expected = (s[0] / s[1]) * den if s[1] > 0 else 0.0
             rate_a = min(a, max(expected / COUNT_MEMORY, MIN_ALPHA))

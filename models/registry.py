@@ -59,12 +59,12 @@ def create(name: str) -> RiskModel:
 
 
 register(ModelSpec(
-    "robust-baseline", "1", RobustBaseline, {},
+    "robust-baseline", "2", RobustBaseline, {},
     "Count-aware directional per-advertiser baseline (Freeman-Tukey on Poisson counts, EW "
-    "log-levels). Default: ~1 KiB of state, explains its scores."))
+    "log-levels). Default: ~1.5 KiB of state, explains its scores."))
 register(ModelSpec(
     "hst", "1", half_space_trees, {"n_trees": 5, "height": 6, "window_size": 50},
-    "River HalfSpaceTrees (5 trees, height 6) on scaled features, calibrated. ~100 KiB state."))
+    "River HalfSpaceTrees (5 trees, height 6) on scaled features, calibrated. ~12 KiB state."))
 register(ModelSpec(
     "gaussian-sad", "1", standard_absolute_deviation, {},
     "River StandardAbsoluteDeviation per feature, max-combined, calibrated."))

@@ -24,6 +24,8 @@ RIVER_FEATURES = (
     "not_interested_rate", "complaint_rate", "low_rating_share", "impressions_per_user",
     "top_region_share", "mean_dwell_ms", "median_click_delay_ms", "impressions",
 )
+MIN_CALIBRATION_SAMPLES = 10
+SAD_SCORE_CAP = 50.0  # SAD divides by the std: a feature constant so far would score ~1e10
 _LOG_FEATURES = {"impressions", "mean_dwell_ms", "median_click_delay_ms", "impressions_per_user"}
 
 
@@ -47,6 +49,7 @@ class CalibratedRiver:
         self.z_scale = z_scale
         self._raw_mean = 0.0
         self._raw_var = 0.0
+        self._calibrated = 0  # raw scores seen by the calibrator
         self._seen = 0
 
     @property
@@ -56,8 +59,13 @@ class CalibratedRiver:
     def _raw(self, x: dict[str, float]) -> float:
         return _finite(self.detector.score_one(river_input(x)))
 
+    def _ready(self) -> bool:
+        # HalfSpaceTrees scores 0 until its first reference window is full; calibrating on
+        # those zeros would give a near-zero variance and flag everything after it.
+        return not getattr(self.detector, "_first_window", False)
+
     def score_one(self, x: dict[str, float]) -> float:
-        if self._seen < 2:
+        if self._calibrated < MIN_CALIBRATION_SAMPLES or not self._ready():
             return 0.0
         raw = self._raw(x)
         z = (raw - self._raw_mean) / math.sqrt(self._raw_var + 1e-4)
@@ -67,11 +75,13 @@ class CalibratedRiver:
         return []
 
     def learn_one(self, x: dict[str, float]) -> None:
-        raw = self._raw(x)
-        a = self.alpha if self._seen > 0 else 1.0
-        diff = raw - self._raw_mean
-        self._raw_mean += a * diff
-        self._raw_var = (1 - a) * (self._raw_var + a * diff * diff)
+        if self._ready():
+            raw = self._raw(x)
+            a = self.alpha if self._calibrated > 0 else 1.0
+            diff = raw - self._raw_mean
+            self._raw_mean += a * diff
+            self._raw_var = (1 - a) * (self._raw_var + a * diff * diff)
+            self._calibrated += 1
         self.detector.learn_one(river_input(x))
         self._seen += 1
 
@@ -79,12 +89,14 @@ class CalibratedRiver:
         return {
             "detector": serialization.dumps_river(self.detector),
             "raw": [self._raw_mean, self._raw_var],
+            "calibrated": self._calibrated,
             "seen": self._seen,
         }
 
     def load_state(self, data: dict[str, Any]) -> None:
         self.detector = serialization.loads_river(data["detector"])
         self._raw_mean, self._raw_var = (float(v) for v in data["raw"])
+        self._calibrated = int(data["calibrated"])
         self._seen = int(data["seen"])
 
 
@@ -110,7 +122,8 @@ class PerFeatureSAD:
         self.by_feature = {name: anomaly.StandardAbsoluteDeviation() for name in RIVER_FEATURES}
 
     def score_one(self, x: dict[str, float]) -> float:
-        return max(self.by_feature[k].score_one(None, v) for k, v in x.items())
+        return max(min(self.by_feature[k].score_one(None, v), SAD_SCORE_CAP)
+                   for k, v in x.items())
 
     def learn_one(self, x: dict[str, float]) -> None:
         for k, v in x.items():

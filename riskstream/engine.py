@@ -116,7 +116,7 @@ class Output(NamedTuple):
 
 class AdvertiserState:
     __slots__ = ("advertiser_id", "partition", "windows", "models", "lifecycle", "last_event_ms",
-                 "recent")
+                 "recent", "enforced_by")
 
     def __init__(self, advertiser_id: str, partition: int) -> None:
         self.advertiser_id = advertiser_id
@@ -126,6 +126,7 @@ class AdvertiserState:
         self.lifecycle: dict[str, dict[str, Any]] = {}  # detector -> open-alert state
         self.last_event_ms = 0
         self.recent: list[list[Any]] = []  # [window_start, risk, severity|None]
+        self.enforced_by: str | None = None  # alert_id an enforcement team confirmed
 
     def model(self, spec_name: str) -> RiskModel:
         m = self.models.get(spec_name)
@@ -146,6 +147,7 @@ class AdvertiserState:
             "lifecycle": self.lifecycle,
             "last_event_ms": self.last_event_ms,
             "recent": self.recent,
+            "enforced_by": self.enforced_by,
         }
         raw = orjson.dumps(data)
         if len(raw) > MAX_STATE_BYTES:
@@ -171,6 +173,7 @@ class AdvertiserState:
         st.lifecycle = data["lifecycle"]
         st.last_event_ms = data["last_event_ms"]
         st.recent = data["recent"]
+        st.enforced_by = data.get("enforced_by")
         return st
 
 
@@ -214,7 +217,10 @@ class RiskEngine:
         self._dirty_meta: set[int] = set()
         self.stats = {"events": 0, "late": 0, "windows_closed": 0, "alerts": 0,
                       "shadow_alerts": 0, "suppressed": 0, "checkpoints": 0, "expired": 0,
-                      "last_checkpoint_bytes": 0}
+                      "last_checkpoint_bytes": 0, "suppressed_enforced": 0}
+        # Live precision per detector, from enforcement decisions: detector -> [confirmed,
+        # dismissed]. In memory only: a restarted worker counts from its restart.
+        self.decisions: dict[str, list[int]] = {}
 
     # -- partitions -----------------------------------------------------------------------
     def _partition(self, p: int) -> _PartitionClock:
@@ -399,6 +405,32 @@ class RiskEngine:
             out.extend(self._advance(p, clock))
         return out
 
+    # -- enforcement decisions ------------------------------------------------------------
+    def apply_decision(self, decision: dict, partition: int) -> None:
+        """An enforcement team confirmed or dismissed an alert.
+
+        confirmed: the advertiser is enforced: no further alerts (enforcement already acts) and
+        its models stop learning from its windows (its traffic is known bad). dismissed: the
+        open episode that alert belongs to is closed, so the next anomaly opens a fresh one.
+        Both count toward the detector's live precision.
+        """
+        key = advertiser_key(partition, decision["advertiser_id"])
+        st = self._state_for_key(key)
+        if st is None:
+            st = self._states[key] = AdvertiserState(decision["advertiser_id"], partition)
+        alert_id = decision["alert_id"]
+        detector = next((d for d, lc in st.lifecycle.items()
+                         if lc.get("opened_alert_id") == alert_id), "unknown")
+        counts = self.decisions.setdefault(detector, [0, 0])
+        if decision["decision"] == "confirmed":
+            st.enforced_by = alert_id
+            counts[0] += 1
+        else:
+            counts[1] += 1
+            if detector in st.lifecycle:
+                del st.lifecycle[detector]
+        self._dirty.add(key)
+
     # -- closing a window -----------------------------------------------------------------
     def _close_window(self, st: AdvertiserState, w: AdvertiserWindow, out: list[Output]) -> None:
         self.stats["windows_closed"] += 1
@@ -430,7 +462,10 @@ class RiskEngine:
                 }))
                 st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
                 del st.recent[:-RECENT_SCORES]
-            if verdict.status is not None:
+            if st.enforced_by is not None and verdict.status in ("open", "escalated"):
+                # Already enforced: enforcement acts on the confirmed alert; do not re-alert.
+                self.stats["suppressed_enforced"] += 1
+            elif verdict.status is not None:
                 reasons = [
                     {"type": "rule", "code": h.code, "message": h.message,
                      "value": round(h.value, 6), "threshold": h.threshold}
@@ -439,8 +474,9 @@ class RiskEngine:
                 if verdict.status != "resolved":
                     for c in model.explain(x):
                         reasons.append({
-                            "type": "feature", "code": f"{c.feature}_above_baseline"
-                            if c.deviation >= 0 else f"{c.feature}_deviation",
+                            "type": "feature",
+                            "code": f"{c.feature}_{'above' if c.value >= c.baseline else 'below'}"
+                                    "_baseline",
                             "feature": c.feature, "value": round(c.value, 6),
                             "baseline": round(c.baseline, 6), "deviation": round(c.deviation, 3),
                             "message": f"{c.feature} {c.value:.4g} vs baseline {c.baseline:.4g} "
@@ -469,7 +505,9 @@ class RiskEngine:
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
             elif verdict.flagged:
                 self.stats["suppressed"] += 1
-            if not verdict.flagged:
+            if st.enforced_by is not None:
+                pass  # confirmed-bad traffic never becomes a baseline
+            elif not verdict.flagged:
                 model.learn_one(x)
             else:
                 # Score before learn, and never learn the anomalies we flag (River's

@@ -237,9 +237,29 @@ def validate_feedback(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dic
     }
 
 
+ENFORCEMENT_DECISIONS = frozenset({"confirmed", "dismissed"})
+
+
+def validate_decision(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
+    """An enforcement team's verdict on an alert (``risk-enforcement-decisions``)."""
+    obj = _decode(raw, limits)
+    decision = obj.get("decision")
+    if decision is None:
+        raise InvalidEvent("missing_field", "decision")
+    if decision not in ENFORCEMENT_DECISIONS:
+        raise InvalidEvent("bad_value", "decision must be confirmed or dismissed")
+    return {
+        "type": "decision",
+        "alert_id": _id(obj, "alert_id"),
+        "advertiser_id": _id(obj, "advertiser_id"),
+        "decision": decision,
+    }
+
+
 VALIDATORS: dict[str, Callable[[bytes, int, Limits], dict]] = {
     IMPRESSIONS: validate_impression,
     FEEDBACK: validate_feedback,
+    "decision": validate_decision,
 }
 
 

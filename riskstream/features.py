@@ -45,9 +45,13 @@ FEATURES: tuple[Feature, ...] = (
     Feature("hide_rate", +1, "rate", "hides / impressions"),
     Feature("not_interested_rate", +1, "rate", "not-interested / impressions"),
     Feature("scam_reports", +1, "count", "reports and complaints citing scam or misleading"),
+    Feature("scam_report_rate", +1, "rate", "scam_reports / impressions"),
     Feature("complaints", +1, "count", "post-conversion complaints"),
     Feature("refund_requests", +1, "count", "refund requests"),
     Feature("complaint_rate", +1, "rate", "(complaints + refunds) / max(conversions, 1)"),
+    Feature("complaints_per_impression", +1, "rate",
+            "(complaints + refunds) / impressions: steadier than per conversion, since the "
+            "complaints of a window answer conversions of earlier windows"),
     Feature("satisfaction_responses", 0, "count", "satisfaction ratings received"),
     Feature("mean_rating", -1, "level", "mean satisfaction rating (0 when none)"),
     Feature("low_rating_share", +1, "rate", "share of ratings <= 2"),
@@ -66,6 +70,7 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
     complaints = w.feedback_count("complaint")
     refunds = w.feedback_count("refund_request")
     ratings = w.feedback_count("satisfaction")
+    scam = w.reason_count("scam") + w.reason_count("misleading")
     top_region = max(w.regions.values()) if w.regions else 0
     return {
         "impressions": float(imps),
@@ -86,10 +91,12 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
         "report_rate": reports * per_imp,
         "hide_rate": w.feedback_count("hide") * per_imp,
         "not_interested_rate": w.feedback_count("not_interested") * per_imp,
-        "scam_reports": float(w.reason_count("scam") + w.reason_count("misleading")),
+        "scam_reports": float(scam),
+        "scam_report_rate": scam * per_imp,
         "complaints": float(complaints),
         "refund_requests": float(refunds),
         "complaint_rate": (complaints + refunds) / max(conversions, 1),
+        "complaints_per_impression": (complaints + refunds) * per_imp,
         "satisfaction_responses": float(ratings),
         "mean_rating": w.rating_sum / ratings if ratings else 0.0,
         "low_rating_share": w.low_ratings / ratings if ratings else 0.0,
