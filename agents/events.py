@@ -71,7 +71,10 @@ def register_agents(ra: Any) -> None:
                 metrics.detector_precision.labels(detector).set(
                     confirmed / (confirmed + dismissed))
 
-    def checkpoint() -> None:
+    async def checkpoint() -> None:
+        # Outputs first: once the state says a window is closed, its score and alert must
+        # already be on the broker, or a crash would lose them instead of repeating them.
+        await app.producer.flush()
         writes = engine.checkpoint()
         metrics.checkpoints.inc()
         metrics.checkpoint_writes.inc(writes)
@@ -88,14 +91,19 @@ def register_agents(ra: Any) -> None:
                 now_ms = int(time.time() * 1000)
                 now = time.monotonic()
                 consumed: dict[str, int] = {}
+                replayed = 0
                 for event in batch:
                     msg = event.message
                     if msg.tp not in assigned:
                         continue  # revoked mid-batch: the new owner replays it
                     source, validate = source_of[msg.topic]
-                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
                     positions[msg.tp] = msg.offset + 1
                     last_active[msg.tp] = now
+                    if engine.applied(msg.partition, msg.topic, msg.offset):
+                        replayed += 1  # already in the restored state: do not count it twice
+                        continue
+                    engine.note_offset(msg.partition, msg.topic, msg.offset + 1)
+                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
                     raw = event.value if event.value is not None else b""
                     try:
                         ev = validate(raw, now_ms, limits)
@@ -111,7 +119,9 @@ def register_agents(ra: Any) -> None:
                         await emit(outputs)
                 for topic, n in consumed.items():
                     metrics.events_consumed.labels(topic).inc(n)
-                checkpoint()
+                if replayed:
+                    metrics.events_replayed_skipped.inc(replayed)
+                await checkpoint()
                 for event in batch:
                     await stream.ack(event)
             metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -160,7 +170,7 @@ def register_agents(ra: Any) -> None:
                     outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
             if outputs:
                 await emit(outputs)
-                checkpoint()
+                await checkpoint()
         metrics.active_advertisers.set(engine.active_advertisers())
 
     @app.task

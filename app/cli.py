@@ -7,6 +7,7 @@
     riskstream simulate ...                 produce realistic traffic with injected incidents
     riskstream backtest ...                 replay files through the same engine, offline
     riskstream alerts follow                example enforcement consumer (idempotent by alert_id)
+    riskstream alerts decide ...            confirm or dismiss an alert (workers read it back)
     riskstream models list|set|shadow|promote
     riskstream bench [--quick] [--json F]   throughput, latency, state and recovery figures
     riskstream settings                     every setting, its env var and default
@@ -156,9 +157,18 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from app.enforcement import follow
+    from app.enforcement import decide, follow
 
-    return follow(resolve_bootstrap(settings, args.bootstrap), settings, args)
+    bootstrap = resolve_bootstrap(settings, args.bootstrap)
+    if args.action == "decide":
+        if not (args.alert_id and args.advertiser and args.decision):
+            raise CliError("alerts decide needs --alert-id, --advertiser and --decision")
+        record = decide(bootstrap, settings, args.alert_id, args.advertiser, args.decision,
+                        args.note)
+        print(f"published {record['decision']} for {record['alert_id']} "
+              f"({record['advertiser_id']})")
+        return 0
+    return follow(bootstrap, settings, args)
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,8 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("alerts", help="example enforcement consumer")
-    p.add_argument("action", choices=["follow"])
+    p.add_argument("action", choices=["follow", "decide"],
+                   help="follow: print and record alerts; decide: publish a confirmed/dismissed "
+                        "decision that workers read back (no re-alerting once confirmed)")
     p.add_argument("--bootstrap")
+    p.add_argument("--alert-id")
+    p.add_argument("--advertiser")
+    p.add_argument("--decision", choices=["confirmed", "dismissed"])
+    p.add_argument("--note")
     p.add_argument("--group", default="riskstream-enforcement-example")
     p.add_argument("--store", default=".riskstream/enforcement.sqlite",
                    help="SQLite file of handled alert ids (idempotency across restarts)")

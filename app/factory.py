@@ -131,9 +131,11 @@ def create_app(settings: Settings, bootstrap: str, *,
         "dead_letter": faust_app.topic(t("risk-dead-letter"), **raw),
         "model_control": t("risk-model-control"),
     }
+    # value_type=bytes makes Faust's changelog serializer "raw": the engine stores its own
+    # versioned JSON (a Schema alone is overridden by the table's default json serializer).
     state_table = faust_app.Table(
-        "advertiser-state", default=None, partitions=partitions,
-        schema=faust.Schema(key_serializer="json", value_serializer="raw"))
+        "advertiser-state", default=None, partitions=partitions, key_type=str,
+        value_type=bytes)
 
     from agents.store import TableStore  # agents own the Faust-facing adapters
     engine = RiskEngine(engine_config(settings), TableStore(state_table),

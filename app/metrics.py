@@ -21,6 +21,10 @@ class Metrics:
         self.events_invalid = Counter(
             "riskstream_events_invalid_total", "Input events dead-lettered, by reason",
             ["topic", "reason"], registry=registry)
+        self.events_replayed_skipped = Counter(
+            "riskstream_events_replayed_skipped_total",
+            "Redelivered events already reflected in the restored state (skipped, not recounted)",
+            registry=registry)
         self.events_late = Counter(
             "riskstream_events_late_total", "Events whose window had already closed", ["topic"],
             registry=registry)

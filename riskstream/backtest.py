@@ -171,6 +171,7 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
     benign_alerts = sum(1 for a in opens if any(matches(a, t) for t in benign))
     delays.sort()
     return {
+        "delays_windows": delays,
         "incidents": len(bad),
         "detected": detected,
         "incident_recall": detected / len(bad) if bad else None,
@@ -258,6 +259,14 @@ def run(args: Any, settings: Any) -> int:
                 alerts, truth, window_ms=ecfg.window_ms, grace_ms=30 * ecfg.window_ms,
                 advertiser_hours=advertiser_hours_of(result, ecfg.window_ms))
         report["models"][spec] = entry
+        if args.report:
+            from riskstream.report import write_html
+
+            rdir = Path(args.report)
+            rdir.mkdir(parents=True, exist_ok=True)
+            write_html(rdir / f"report-{spec}.html", spec,
+                       [o.record for o in result.outputs if o.kind == "score"], alerts, truth,
+                       entry.get("evaluation"), ecfg.decision.threshold)
         print(f"{spec}: {result.events:,} events in {result.seconds:.2f}s "
               f"({result.events_per_s:,.0f}/s), {len(alerts)} alerts -> {out_path}")
         if "evaluation" in entry:
@@ -269,7 +278,7 @@ def run(args: Any, settings: Any) -> int:
         rdir = Path(args.report)
         rdir.mkdir(parents=True, exist_ok=True)
         (rdir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-        print(f"report: {rdir / 'report.json'}")
+        print(f"report: {rdir / 'report.json'} and report-<model>.html")
     return 0
 
 

@@ -178,9 +178,10 @@ class AdvertiserState:
 
 
 class _PartitionClock:
-    __slots__ = ("wm", "caught_up", "closed_to", "heap")
+    __slots__ = ("wm", "caught_up", "closed_to", "heap", "offsets")
 
     def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}  # input topic -> next offset reflected in the state
         self.wm = {s: NEG_INF for s in SOURCES}
         self.caught_up = {s: False for s in SOURCES}
         self.closed_to = NEG_INF  # every window ending at or before this is closed
@@ -238,6 +239,7 @@ class RiskEngine:
             meta = orjson.loads(raw)
             clock.wm.update(meta["wm"])
             clock.closed_to = meta["closed_to"]
+            clock.offsets = meta.get("offsets", {})
         prefix = f"a:{p}:"
         for key in self.store.keys():
             if key.startswith(prefix):
@@ -247,6 +249,20 @@ class RiskEngine:
                         clock.heap.append((w.end, st.advertiser_id, w.start))
         heapq.heapify(clock.heap)
         return clock
+
+    # -- input offsets ----------------------------------------------------------------------
+    # The state records, per input topic of a partition, the next offset it reflects, and the
+    # checkpoint writes it with the state. A consumer's committed offset can lag the state (a
+    # crash between a checkpoint and the offset commit): the replayed events are then skipped
+    # here instead of being counted twice. State and offsets agree without transactions.
+    def applied(self, partition: int, topic: str, offset: int) -> bool:
+        return offset < self._partition(partition).offsets.get(topic, -1)
+
+    def note_offset(self, partition: int, topic: str, next_offset: int) -> None:
+        clock = self._partition(partition)
+        if next_offset > clock.offsets.get(topic, -1):
+            clock.offsets[topic] = next_offset
+            self._dirty_meta.add(partition)
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget in-memory state of partitions this worker no longer owns. Their events since
@@ -304,7 +320,7 @@ class RiskEngine:
         for p in self._dirty_meta:
             clock = self._partitions.get(p)
             if clock is not None:
-                meta = {"wm": clock.wm, "closed_to": clock.closed_to}
+                meta = {"wm": clock.wm, "closed_to": clock.closed_to, "offsets": clock.offsets}
                 self.store.put(p, _meta_key(p), orjson.dumps(meta))
                 writes += 1
         self._dirty_meta.clear()

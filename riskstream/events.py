@@ -53,6 +53,7 @@ REASONS = (
 )
 
 ID_MAX_LEN = 128
+DEAD_LETTER_ORIGINAL_BYTES = 64 * 1024
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake
 
 
@@ -179,7 +180,7 @@ def _common(obj: dict, now_ms: int, limits: Limits) -> tuple[str, int, str]:
 
 
 def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
-    """Decode and check one impression; unknown extra fields are kept under ``extra``."""
+    """Decode and check one impression; unknown extra fields are accepted (and not used)."""
     obj = _decode(raw, limits)
     event_id, event_time, advertiser_id = _common(obj, now_ms, limits)
     clicked = _bool(obj, "clicked")
@@ -266,12 +267,18 @@ VALIDATORS: dict[str, Callable[[bytes, int, Limits], dict]] = {
 def dead_letter_record(
     raw: bytes, error: InvalidEvent, *, topic: str, partition: int, offset: int, at_ms: int
 ) -> bytes:
-    """The value written to ``risk-dead-letter``: original bytes (UTF-8 where possible)."""
+    """The value written to ``risk-dead-letter``: original bytes (UTF-8 where possible).
+
+    At most ``DEAD_LETTER_ORIGINAL_BYTES`` of the original are kept (hex doubles, JSON escaping
+    can sextuple): a huge poison message must not become a dead letter too large to produce,
+    which would stop the partition. The source offset always locates the full original.
+    """
+    kept = raw[:DEAD_LETTER_ORIGINAL_BYTES]
     try:
-        original: Any = raw.decode("utf-8")
+        original: Any = kept.decode("utf-8")
         encoding = "utf-8"
     except UnicodeDecodeError:
-        original = raw.hex()
+        original = kept.hex()
         encoding = "hex"
     return orjson.dumps(
         {
@@ -281,6 +288,8 @@ def dead_letter_record(
             "source": {"topic": topic, "partition": partition, "offset": offset},
             "original": original,
             "original_encoding": encoding,
+            "original_size": len(raw),
+            "original_truncated": len(kept) < len(raw),
             "dead_lettered_at": at_ms,
         }
     )

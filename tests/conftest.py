@@ -226,11 +226,13 @@ class TopicReader:
         self.close()
 
 
-def consume_until(bootstrap: str, topic: str, until: Until, timeout: float,
-                  what: str = "") -> list[Record]:
-    """Every record of ``topic`` from the beginning, once ``until`` holds (bounded wait)."""
+def consume_until(bootstrap: str, topic: str, until: Until, timeout: float, what: str = "",
+                  on_timeout: Callable[[], str] | None = None) -> list[Record]:
+    """Every record of ``topic`` from the beginning, once ``until`` holds (a count or a
+    predicate over the records read so far); fails after ``timeout`` seconds with what it saw
+    (plus ``on_timeout()``, e.g. a worker's log tail)."""
     with TopicReader(bootstrap, topic) as reader:
-        return list(reader.wait_for(until, timeout, what))
+        return list(reader.wait_for(until, timeout, what, on_timeout))
 
 
 # -- worker processes ------------------------------------------------------------------------

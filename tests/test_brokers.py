@@ -18,10 +18,7 @@ import pytest
 from app import brokers
 from app.brokers import BrokerInfo
 
-try:  # the session broker fixture, also when the plugin is not registered globally
-    from conftest_brokers import kafka_broker  # noqa: F401
-except ImportError:  # tests/ is a package
-    from tests.conftest_brokers import kafka_broker  # noqa: F401
+# The session broker fixture ``kafka_broker`` comes from the plugin registered in conftest.py.
 
 
 def _spawn_group(script: str) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from riskstream.backtest import read_lines
-from tests.conftest import TopicReader, assert_valid
+from tests.conftest import assert_valid, consume_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -51,10 +51,9 @@ def test_simulated_incident_is_alerted_by_a_live_worker(kafka_broker, kafka_topi
                 return True
         return False
 
-    with TopicReader(bootstrap, f"{prefix}risk-alerts") as alerts:
-        alerts.wait_for(incident_alert, 150, f"an enforce alert for {adv} during its "
-                        f"{truth['description']}", on_timeout=w.log_tail)
-        records = list(alerts.records)
+    records = consume_until(bootstrap, f"{prefix}risk-alerts", incident_alert, 150,
+                            f"an enforce alert for {adv} during its {truth['description']}",
+                            on_timeout=w.log_tail)
     hit = next(r for r in records if r.json()["advertiser_id"] == adv)
     assert hit.key == adv.encode()
     for r in records:

@@ -278,3 +278,23 @@ def test_dead_letter_schema_rejects_a_broken_record():
     rec["reason"] = "whatever"
     with pytest.raises(AssertionError):
         assert_valid("dead-letter.v1.json", rec)
+
+
+# aiokafka's default max_request_size (the worker's producer); the broker's default
+# message.max.bytes (1048588) lets input records of about this size through
+PRODUCER_MAX_REQUEST = 1_048_576
+
+
+# A poison pill once: the whole original was kept, and the dead letter outgrew a produce request.
+@pytest.mark.parametrize("data", [b"\xff" * 700_000, b'"' * 700_000],
+                         ids=["non_utf8", "json_escaped"])
+def test_dead_letter_of_a_large_input_fits_in_a_produce_request(data):
+    with pytest.raises(InvalidEvent) as info:
+        validate_impression(data, NOW)
+    assert info.value.reason == "oversized"
+    rec = dead_letter_record(data, info.value, topic="ad-impressions", partition=0, offset=0,
+                             at_ms=NOW)
+    assert_valid("dead-letter.v1.json", orjson.loads(rec))
+    assert len(rec) < PRODUCER_MAX_REQUEST - 1024  # room for the key and record overhead
+    parsed = orjson.loads(rec)
+    assert parsed["original_truncated"] is True and parsed["original_size"] == len(data)
