@@ -56,15 +56,6 @@ def read_lines(path: Path | str) -> list[bytes]:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
 
 
-def _key_of(raw: bytes) -> bytes:
-    try:
-        obj = orjson.loads(raw)
-        adv = obj.get("advertiser_id") if isinstance(obj, dict) else None
-    except orjson.JSONDecodeError:
-        adv = None
-    return adv.encode() if isinstance(adv, str) else b""
-
-
 def replay(
     impressions: Iterable[bytes],
     feedback: Iterable[bytes],
@@ -86,15 +77,21 @@ def replay(
     raw_by_source = {"impression": list(impressions), "feedback": list(feedback)}
     latest = 0
     decoded: dict[str, list[tuple[int, dict | InvalidEvent]]] = {"impression": [], "feedback": []}
+    partition_of: dict[str, int] = {}  # murmur2 in Python is slow: once per advertiser
     for source, lines in raw_by_source.items():
         validate = validators[source]
         for raw in lines:
-            p = partition_for(_key_of(raw), partitions)
             try:
                 ev: dict | InvalidEvent = validate(raw, 1 << 62, REPLAY_LIMITS)
-                latest = max(latest, ev["event_time"])  # type: ignore[index]
             except InvalidEvent as exc:
-                ev = exc
+                decoded[source].append((-1, exc))  # counted below; its partition is moot
+                continue
+            adv = ev["advertiser_id"]
+            p = partition_of.get(adv)
+            if p is None:
+                p = partition_of[adv] = partition_for(adv.encode(), partitions)
+            if ev["event_time"] > latest:
+                latest = ev["event_time"]
             decoded[source].append((p, ev))
     future_limit = latest + REPLAY_LIMITS.max_future_ms
     for source, items in decoded.items():
