@@ -40,6 +40,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from river.base import AnomalyDetector
+
 from models.protocol import Contribution
 
 # rate feature -> (numerator feature, denominator feature or None = value itself per window)
@@ -143,8 +145,12 @@ def _finite(v: Any) -> float:
     return min(max(f, -1e12), 1e12)
 
 
-class RobustBaseline:
-    """Directional, count-aware per-advertiser baseline over two horizons. State: ~60 floats."""
+class RobustBaseline(AnomalyDetector):
+    """Directional, count-aware per-advertiser baseline over two horizons. State: ~60 floats.
+
+    A River anomaly detector (``river.base.AnomalyDetector``: ``learn_one``/``score_one``), so
+    River's tooling (``clone``, ``ThresholdFilter``, pipelines) applies to it as to HST.
+    """
 
     def __init__(
         self,
@@ -158,6 +164,8 @@ class RobustBaseline:
         level_var_floor: float = 0.04,
     ) -> None:
         self.alpha = alpha
+        self.prior_weight = prior_weight
+        self.priors = priors
         self.short_decays = tuple(short_decays)
         self.learn_guard = learn_guard
         self.z_mid = z_mid

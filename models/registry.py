@@ -8,7 +8,7 @@ suite (tests/test_model_conformance.py) then runs against it automatically.
 >>> get_spec("nope")
 Traceback (most recent call last):
 ...
-models.registry.UnknownModel: unknown model spec 'nope'; valid: gaussian-sad, hst, robust-baseline
+models.registry.UnknownModel: unknown model spec 'nope'; valid: gaussian-sad, hst, river-ocsvm, robust-baseline
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from models.baseline import RobustBaseline
 from models.protocol import RiskModel
-from models.river_adapters import half_space_trees, standard_absolute_deviation
+from models.river_adapters import half_space_trees, one_class_svm, standard_absolute_deviation
 
 
 class UnknownModel(KeyError):
@@ -68,3 +68,6 @@ register(ModelSpec(
 register(ModelSpec(
     "gaussian-sad", "1", standard_absolute_deviation, {},
     "River StandardAbsoluteDeviation per feature, max-combined, calibrated."))
+register(ModelSpec(
+    "river-ocsvm", "1", one_class_svm, {"nu": 0.1},
+    "River OneClassSVM (online SGD) on scaled features, calibrated. ~1 KiB state."))

@@ -132,3 +132,11 @@ class PerFeatureSAD:
 
 def standard_absolute_deviation() -> CalibratedRiver:
     return CalibratedRiver(PerFeatureSAD)
+
+
+def one_class_svm(nu: float = 0.1) -> CalibratedRiver:
+    """River's online OneClassSVM (SGD) on the scaled features: a linear boundary around the
+    advertiser's normal windows. Small state (one weight per feature)."""
+    from river import anomaly
+
+    return CalibratedRiver(lambda: anomaly.OneClassSVM(nu=nu))

@@ -46,6 +46,12 @@ ALLOWED_CLASSES = frozenset({
     ("river.stats.var", "Var"),
     ("river.tree.padded", "PaddedBranch"),
     ("river.tree.padded", "PaddedLeaf"),
+    ("river.anomaly.svm", "OneClassSVM"),
+    ("river._river_rust.vectordict", "VectorDict"),
+    ("river.optim.initializers", "Zeros"),
+    ("river.optim.losses", "Hinge"),
+    ("river.optim.schedulers", "Constant"),
+    ("river.optim.sgd", "SGD"),
 })
 
 

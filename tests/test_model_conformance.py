@@ -166,11 +166,18 @@ BASELINE_NON_FEATURE = (
     "impressions) that is not in riskstream.features.FEATURE_NAMES; explain() returns it, so "
     "alerts carry a feature/reason code absent from the window's metrics")
 
+OCSVM_NO_SEPARATION = (
+    "river-ocsvm: River's OneClassSVM (linear, SGD) on the 13 scaled features scores click spam "
+    "below normal windows (0.0017 vs normal max 0.015); a linear one-class boundary does not "
+    "capture a rate jump in one feature")
+
 KNOWN_FAILURES: dict[str, dict[str, str]] = {
     "test_obvious_anomaly_outscores_normal_windows": {"hst": HST_NO_SEPARATION,
-                                                      "gaussian-sad": SAD_POISONED},
+                                                      "gaussian-sad": SAD_POISONED,
+                                                      "river-ocsvm": OCSVM_NO_SEPARATION},
     "test_obvious_anomaly_crosses_alert_threshold": {"hst": HST_NO_SEPARATION,
-                                                     "gaussian-sad": SAD_POISONED},
+                                                     "gaussian-sad": SAD_POISONED,
+                                                     "river-ocsvm": OCSVM_NO_SEPARATION},
 }
 
 

@@ -13,7 +13,9 @@ import pytest
 from app.model_control import (ControlError, ControlLog, next_config, read_control,
                                run_models_command, settings_config)
 from app.settings import Settings
-from models.registry import UnknownModel
+from models.registry import REGISTRY, UnknownModel
+
+VALID = ", ".join(sorted(REGISTRY))
 from riskstream.engine import ModelConfig
 from tests.conftest import assert_valid, consume_until
 
@@ -64,7 +66,7 @@ def test_wrong_arguments_are_usage_errors(action, specs):
 
 @pytest.mark.parametrize("action", ["set", "shadow", "promote"])
 def test_unknown_specs_fail_listing_the_valid_ones(action):
-    with pytest.raises(UnknownModel, match="valid: gaussian-sad, hst, robust-baseline"):
+    with pytest.raises(UnknownModel, match=f"valid: {VALID}"):
         next_config(V1, action, ["nope"])
 
 
@@ -88,15 +90,14 @@ def test_list_marks_the_default_spec(capsys):
     lines = capsys.readouterr().out.splitlines()
     marked = [line for line in lines if line.startswith("*")]
     assert len(marked) == 1 and marked[0].split()[1] == "hst", lines
-    assert {line.split()[0] for line in lines if line.startswith("  ")} == \
-        {"gaussian-sad", "robust-baseline"}
+    assert {line.split()[0] for line in lines if line.startswith("  ")} == set(REGISTRY) - {"hst"}
 
 
 def test_unknown_spec_exits_2_before_touching_the_broker(capsys):
     # nothing listens on port 1: the spec check must fail first
     code = run_models_command(Namespace(action="set", spec=["nope"]), Settings(), "127.0.0.1:1")
     assert code == 2
-    assert "unknown model spec 'nope'; valid: gaussian-sad, hst, robust-baseline" in \
+    assert f"unknown model spec 'nope'; valid: {VALID}" in \
         capsys.readouterr().err
 
 
