@@ -54,6 +54,9 @@ RATES: dict[str, tuple[str, str]] = {
     "not_interested_rate": ("not_interested", "impressions"),
     "scam_report_rate": ("scam_reports", "impressions"),
     "complaints_per_impression": ("complaints_refunds", "impressions"),
+    # Pooled harm: reports, complaints, refunds and low ratings rise together when a landing
+    # page cheats (cloaking); each alone is too sparse to see within the hour, their sum is not.
+    "harm_rate": ("harm", "impressions"),
     "low_rating_share": ("low_ratings", "satisfaction_responses"),
 }
 # level feature -> (risk direction, evidence feature whose size shrinks the deviation)
@@ -73,6 +76,7 @@ DEFAULT_PRIORS: dict[str, float] = {
     "not_interested_rate": 2e-3,
     "scam_report_rate": 2e-4,
     "complaints_per_impression": 3e-5,
+    "harm_rate": 5e-4,
     "low_rating_share": 0.15,
     "mean_dwell_ms": 20000.0,
     "median_click_delay_ms": 3000.0,
@@ -105,6 +109,8 @@ def derived_counts(x: dict[str, float]) -> dict[str, float]:
         "not_interested": x.get("not_interested_rate", 0.0) * imps,
         "scam_reports": x.get("scam_reports", 0.0),
         "complaints_refunds": x.get("complaints", 0.0) + x.get("refund_requests", 0.0),
+        "harm": (x.get("reports", 0.0) + x.get("complaints", 0.0) + x.get("refund_requests", 0.0)
+                 + x.get("low_rating_share", 0.0) * ratings),
         "low_ratings": x.get("low_rating_share", 0.0) * ratings,
         "satisfaction_responses": ratings,
     }

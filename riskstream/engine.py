@@ -42,7 +42,7 @@ STATE_FORMAT = 1
 MAX_STATE_BYTES = 256 * 1024
 SOURCES = ("impression", "feedback")
 NEG_INF = -(1 << 62)
-RECENT_SCORES = 30  # per-advertiser score history kept for lookups
+RECENT_SCORES = 12  # per-advertiser score history kept for lookups (bounded state)
 EXPIRY_EVERY_CHECKPOINTS = 60
 
 

@@ -52,6 +52,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("complaints_per_impression", +1, "rate",
             "(complaints + refunds) / impressions: steadier than per conversion, since the "
             "complaints of a window answer conversions of earlier windows"),
+    Feature("harm_rate", +1, "rate",
+            "(reports + complaints + refunds + ratings <= 2) / impressions: pooled harm signals"),
     Feature("satisfaction_responses", 0, "count", "satisfaction ratings received"),
     Feature("mean_rating", -1, "level", "mean satisfaction rating (0 when none)"),
     Feature("low_rating_share", +1, "rate", "share of ratings <= 2"),
@@ -97,6 +99,7 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
         "refund_requests": float(refunds),
         "complaint_rate": (complaints + refunds) / max(conversions, 1),
         "complaints_per_impression": (complaints + refunds) * per_imp,
+        "harm_rate": (reports + complaints + refunds + w.low_ratings) * per_imp,
         "satisfaction_responses": float(ratings),
         "mean_rating": w.rating_sum / ratings if ratings else 0.0,
         "low_rating_share": w.low_ratings / ratings if ratings else 0.0,

@@ -517,6 +517,18 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'"median_click_delay_ms":[7.99184,0.267781,0.299652],'
         b'"impressions_per_user":[0.732028,0.205152,0.313659],'
         b'"mean_rating":[1.60663,0.232262,0.240707]},"seen":10}'),
+    # robust-baseline "3": harm_rate (pooled reports, complaints, refunds, low ratings).
+    ("robust-baseline", "3"): orjson.loads(
+        b'{"rates":{"ctr":[34.5817,1593.45,14.0303,667.368,20.3683,899.082],"fast_click_share":[0.'
+        b'76901,39.059,0.0,14.0303,0.0,20.3683],"short_dwell_share":[1.48013,38.1725,0.0,14.0303,0'
+        b'.0,20.3683],"report_rate":[0.315611,1811.67,0.0,667.368,0.0,899.082],"hide_rate":[1.4936'
+        b'1,1748.65,0.0,667.368,0.0,899.082],"not_interested_rate":[2.48204,1743.85,0.9,667.368,0.'
+        b'97,899.082],"scam_report_rate":[0.158898,1819.81,0.0,667.368,0.0,899.082],"complaints_pe'
+        b'r_impression":[0.0239729,1826.62,0.0,667.368,0.0,899.082],"harm_rate":[1.36175,1781.63,0'
+        b'.59049,667.368,0.858734,899.082],"low_rating_share":[2.13032,13.5463,0.59049,3.1809,0.85'
+        b'8734,4.96091]},"levels":{"mean_dwell_ms":[10.021,0.465551,0.299652],"median_click_delay_'
+        b'ms":[7.99184,0.267781,0.299652],"impressions_per_user":[0.732028,0.205152,0.313659],"mea'
+        b'n_rating":[1.60663,0.232262,0.240707]},"seen":10}'),
 }
 
 
