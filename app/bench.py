@@ -1,6 +1,6 @@
 """``riskstream bench``: throughput, latency, state size and recovery figures, in one bounded run.
 
-What one run does (``--quick``: ~3 min on 2 cores, full: ~10 min; see docs/performance.md):
+What one run does (``--quick``: 3-4 min on 2 cores, full: ~10 min; see docs/performance.md):
 
 1. starts Apache Kafka (app.brokers, in a temp dir; always stopped at the end) unless
    ``--bootstrap`` is given, and pre-produces ONE topic set (unique prefix) with simulated traffic
@@ -10,7 +10,8 @@ What one run does (``--quick``: ~3 min on 2 cores, full: ~10 min; see docs/perfo
    * ``faust_noop``  -- a minimal Faust app (:func:`noop_app`: default settings, aiokafka,
      memory store, one agent over both inputs that only counts) as a subprocess worker;
    * ``worker``      -- the real ``riskstream worker`` subprocess, read through ``/metrics``;
-   each from its first event to the N-th (start-up and group join excluded);
+   each from its first event to the N-th (start-up and group join excluded), in events per
+   wall second and per CPU-second of that process (steadier on a shared machine);
 3. ``recovery``: that worker, once everything is committed, is SIGKILLed; more traffic arrives
    while it is down; a replacement with the same app id is started: seconds to ``/readyz`` 200
    (table recovered, partitions assigned) and to caught up;
@@ -19,7 +20,8 @@ What one run does (``--quick``: ~3 min on 2 cores, full: ~10 min; see docs/perfo
    latency = wall time it is consumed - its window end;
 5. ``state``: in-process (one subprocess per size, for a clean RSS): a RiskEngine on a DictStore
    with N advertisers that each learned a few windows and have one open: mean
-   ``AdvertiserState.dumps()`` bytes and RSS growth per advertiser;
+   ``AdvertiserState.dumps()`` bytes and RSS growth per advertiser; plus the steady-state size
+   (32 learned windows: the score history is full) at 1000 advertisers;
 6. ``backtest``: ``riskstream.backtest.replay`` over N simulated events, in-process.
 
 Every figure function is importable (``bare_loop``, ``faust_noop``, ``worker_throughput``,
@@ -87,30 +89,33 @@ class Profile:
     latency_window_s: int = 5
     latency_lateness_s: int = 1
     state_sizes: tuple[int, ...] = (1000, 10_000)
-    state_optional: tuple[int, ...] = ()  # run when the estimate fits in state_budget_s
-    state_budget_s: float = 120.0
+    state_optional: tuple[int, ...] = ()  # only while the run stays within total_budget_s
     state_windows: int = 3            # learned (closed) windows per advertiser, + 1 open
     state_events: int = 4             # events per advertiser per window
+    state_steady_advertisers: int = 1000  # steady state: score history (30) full
+    state_steady_windows: int = 32
     backtest_events: int = 200_000
     session_timeout_ms: int = 10_000  # worker default (RISKSTREAM_SESSION_TIMEOUT_MS)
     worker_env: tuple[tuple[str, str], ...] = ()  # extra settings of every worker started
     startup_timeout_s: float = 90.0
+    total_budget_s: float = 900.0     # optional parts are skipped beyond this
 
 
 PROFILES = {
     "smoke": Profile("smoke", events=4000, advertisers=50, base_rate=100.0,
                      recovery_extra_events=500, latency_seconds=6.0, latency_rate=100.0,
                      latency_advertisers=20, latency_window_s=2, state_sizes=(100,),
-                     state_windows=2, state_events=2, backtest_events=4000,
-                     session_timeout_ms=6000, startup_timeout_s=60.0,
+                     state_windows=2, state_events=2, state_steady_advertisers=50,
+                     backtest_events=4000, session_timeout_ms=6000, startup_timeout_s=60.0,
                      # several batches even from 4000 events, so a rate can be read
-                     worker_env=(("RISKSTREAM_CHECKPOINT_MAX_EVENTS", "400"),)),
+                     worker_env=(("RISKSTREAM_CHECKPOINT_MAX_EVENTS", "400"),),
+                     total_budget_s=60.0),
     "quick": Profile("quick", events=200_000, recovery_extra_events=10_000,
                      latency_seconds=40.0, state_sizes=(1000, 10_000), state_optional=(100_000,),
-                     state_budget_s=75.0, backtest_events=200_000),
+                     backtest_events=200_000, total_budget_s=240.0),
     "full": Profile("full", events=1_000_000, recovery_extra_events=50_000,
                     latency_seconds=90.0, state_sizes=(1000, 10_000, 100_000),
-                    state_budget_s=400.0, backtest_events=1_000_000),
+                    backtest_events=1_000_000, total_budget_s=900.0),
 }
 
 
@@ -184,11 +189,34 @@ class Processes:
                 log(f"could not stop pid {proc.pid}: {exc}")
 
 
-def _log_tail(path: Path, lines: int = 25) -> str:
+def _log_tail(path: Path, lines: int = 12) -> str:
+    """The first few ERROR/CRITICAL lines of a log, then its last ``lines`` lines."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError as exc:
         return f"(no log: {exc})"
+    errors = [ln for ln in text if '"level":"ERROR"' in ln or '"level":"CRITICAL"' in ln
+              or ln.startswith("Traceback")][:3]
+    parts = [f"--- {path}"]
+    if errors:
+        parts += ["first errors:", *(ln[:2000] for ln in errors), "last lines:"]
+    return "\n".join(parts + [ln[:500] for ln in text[-lines:]])
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), None if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_share(c0: float | None, c1: float | None, secs: float) -> float | None:
+    if c0 is None or c1 is None or secs <= 0:
+        return None
+    return round((c1 - c0) / secs, 2)
 
 
 def free_port() -> int:
@@ -220,15 +248,42 @@ def _partitions(consumer: Any, topics: list[str]) -> list[Any]:
     return out
 
 
-def topic_records(bootstrap: str, topics: list[str]) -> int:
-    """Sum of (highwater - low watermark) over the topics' partitions."""
+def changelog_stats(bootstrap: str, topic: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Records in a changelog topic, and its compacted content: distinct advertiser keys
+    (``a:<p>:<id>``) and the bytes of their latest values."""
+    from confluent_kafka import OFFSET_BEGINNING
+
     c = _consumer(bootstrap)
     try:
-        total = 0
-        for tp in _partitions(c, topics):
+        tps = _partitions(c, [topic])
+        remaining = {}
+        for tp in tps:
             lo, hi = c.get_watermark_offsets(tp, timeout=10)
-            total += max(hi - lo, 0)
-        return total
+            if hi > lo:
+                remaining[tp.partition] = hi
+            tp.offset = OFFSET_BEGINNING
+        records = 0
+        latest: dict[bytes, int] = {}
+        c.assign(tps)
+        deadline = time.monotonic() + timeout
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BenchError(f"reading {topic}: not done within {timeout:.0f}s")
+            for m in c.consume(1000, 0.5):
+                if m.error() is not None:
+                    continue
+                records += 1
+                key, value = m.key() or b"", m.value()
+                if value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = len(value)
+                if m.offset() + 1 >= remaining.get(m.partition(), 0):
+                    remaining.pop(m.partition(), None)
+        adv = [n for k, n in latest.items() if k.startswith(b'"a:')]
+        return {"changelog_records": records, "advertisers_in_state": len(adv),
+                "state_bytes_total": sum(adv),
+                "state_bytes_mean": round(sum(adv) / len(adv), 1) if adv else None}
     finally:
         c.close()
 
@@ -281,6 +336,7 @@ def bare_loop(bootstrap: str, topics: list[str], n: int, timeout: float = 300.0
         c.subscribe(list(topics))
         count = 0
         t_first = None
+        cpu_first = 0.0
         deadline = time.monotonic() + timeout
         while count < n:
             if time.monotonic() > deadline:
@@ -290,15 +346,19 @@ def bare_loop(bootstrap: str, topics: list[str], n: int, timeout: float = 300.0
                 continue
             if t_first is None:
                 t_first = time.perf_counter()
+                cpu_first = time.process_time()  # includes librdkafka's threads
             for m in msgs:
                 if m.error() is not None:
                     continue
                 loads(m.value())
                 count += 1
         secs = time.perf_counter() - t_first
+        cpu_s = time.process_time() - cpu_first
     finally:
         c.close()
-    return {"events": count, "seconds": round(secs, 3), "events_per_s": round(count / secs, 1)}
+    return {"events": count, "seconds": round(secs, 3), "events_per_s": round(count / secs, 1),
+            "cpu_seconds": round(cpu_s, 2), "cpu_share": round(cpu_s / secs, 2),
+            "events_per_cpu_s": round(count / cpu_s, 1) if cpu_s > 0 else None}
 
 
 # -- 2. Faust no-op agent ----------------------------------------------------------------------
@@ -306,15 +366,17 @@ def noop_app(app_id: str, bootstrap: str, topics: list[str], target: int, status
              *, datadir: str, web_port: int) -> Any:
     """The minimal Faust app a new user writes: default settings (aiokafka transport, memory
     store), one agent over both topics that only counts. Raw values (no codec): the floor of
-    Faust's own per-event cost. Writes ``{"count", "t_first", "t_last"}`` (wall time) to
-    ``status_path`` at the first event, every 10k events, and at the ``target``-th."""
+    Faust's own per-event cost. Writes ``{"count", "t_first", "t_last", "cpu_first",
+    "cpu_last"}`` (wall time, process CPU time) to ``status_path`` at the first event, every
+    10k events, and at the ``target``-th."""
     import faust
 
     app = faust.App(app_id, broker=[f"kafka://{hp.strip()}" for hp in bootstrap.split(",")],
                     store="memory://", datadir=datadir, web_port=web_port, web_host=HOST,
                     web_bind=HOST)
     topic = app.topic(*topics, key_serializer="raw", value_serializer="raw")
-    status: dict[str, Any] = {"count": 0, "t_first": None, "t_last": None}
+    status: dict[str, Any] = {"count": 0, "t_first": None, "t_last": None,
+                              "cpu_first": None, "cpu_last": None}
 
     def write() -> None:
         tmp = status_path.with_suffix(".tmp")
@@ -327,9 +389,11 @@ def noop_app(app_id: str, bootstrap: str, topics: list[str], target: int, status
             n = status["count"] = status["count"] + 1
             if n == 1:
                 status["t_first"] = time.time()
+                status["cpu_first"] = time.process_time()  # all threads of the process
                 write()
             elif n == target:
                 status["t_last"] = time.time()
+                status["cpu_last"] = time.process_time()
                 write()
             elif not n % 10_000:
                 write()
@@ -384,8 +448,12 @@ def faust_noop(bootstrap: str, topics: list[str], n: int, workdir: Path, procs: 
                 raise BenchError(f"faust no-op: no event within {startup_timeout:.0f}s:\n"
                                  f"{_log_tail(log_path)}")
         secs = status["t_last"] - status["t_first"]
+        cpu_s = status["cpu_last"] - status["cpu_first"]
         return {"events": n, "seconds": round(secs, 3),
                 "events_per_s": round((n - 1) / secs, 1),
+                "cpu_seconds": round(cpu_s, 2),
+                "cpu_share": round(cpu_s / secs, 2),
+                "events_per_cpu_s": round((n - 1) / cpu_s, 1) if cpu_s > 0 else None,
                 "start_to_first_event_s": round(status["t_first"] - wall_start, 2),
                 "value_serializer": "raw", "app_id": app_id}
     finally:
@@ -503,6 +571,7 @@ def wait_consumed(w: WorkerProc, n: int, timeout: float, startup_timeout: float 
     nonzero reading to the first reading >= n (both at the poll's time)."""
     first: tuple[float, float] | None = None
     last = 0.0
+    cpu0 = cpu1 = None
     m: dict[str, float] = {}
     for elapsed in _deadline_loop(startup_timeout + timeout, interval,
                                   f"worker {w.app_id}: {n} events consumed"):
@@ -512,8 +581,10 @@ def wait_consumed(w: WorkerProc, n: int, timeout: float, startup_timeout: float 
         now = time.monotonic()
         if consumed > 0 and first is None:
             first = (now, consumed)
+            cpu0 = proc_cpu_seconds(w.proc.pid)
         if consumed >= n:
             last = now
+            cpu1 = proc_cpu_seconds(w.proc.pid)
             break
         if first is None and elapsed > startup_timeout:
             raise BenchError(f"worker {w.app_id}: no event consumed within "
@@ -526,6 +597,11 @@ def wait_consumed(w: WorkerProc, n: int, timeout: float, startup_timeout: float 
             "seconds": round(secs, 3),
             "events_per_s": round((n - first[1]) / secs, 1),
             "start_to_first_count_s": round(first[0] - w.started, 2),
+            "cpu_seconds": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2),
+            "cpu_share": _cpu_share(cpu0, cpu1, secs),
+            "events_per_cpu_s": (round((n - first[1]) / (cpu1 - cpu0), 1)
+                                 if cpu0 is not None and cpu1 is not None and cpu1 > cpu0
+                                 else None),
             "invalid_events": int(m.get("riskstream_events_invalid_total", 0)),
             "windows_closed": int(m.get("riskstream_windows_closed_total", 0)),
             "alerts": int(m.get("riskstream_alerts_total", 0)),
@@ -563,10 +639,7 @@ def recovery(procs: Processes, bootstrap: str, w: WorkerProc, workdir: Path, *,
         com, hw = group_lag(bootstrap, w.app_id, inputs)
         if com >= hw:
             break
-    m = w.metrics() or {}
-    advertisers_in_state = int(m.get("riskstream_active_advertisers", 0))
-    changelog = f"{w.app_id}-{STATE_TABLE}-changelog"
-    changelog_records = topic_records(bootstrap, [changelog])
+    state = changelog_stats(bootstrap, f"{w.app_id}-{STATE_TABLE}-changelog")
     # 2. crash
     t_kill = time.monotonic()
     procs.kill(w.proc)
@@ -592,8 +665,7 @@ def recovery(procs: Processes, bootstrap: str, w: WorkerProc, workdir: Path, *,
                 break
         return {"recovery_s": round(ready_s, 2),
                 "recovery_caught_up_s": round(caught_up_s, 2),
-                "advertisers_in_state": advertisers_in_state,
-                "changelog_records": changelog_records,
+                **state,
                 "committed_before_kill": com, "highwater_before_kill": hw,
                 "events_while_down": extra["events"], "seconds_down": round(down_s, 2),
                 "session_timeout_ms": int(w.env["RISKSTREAM_SESSION_TIMEOUT_MS"])}
@@ -837,9 +909,12 @@ def backtest_throughput(n: int, advertisers: int = 1000, base_rate: float = 500.
     fbs: list[bytes] = []
     for kind, _key, value in itertools.islice(simulate.generate(cfg), n):
         (imps if kind == simulate.IMPRESSION else fbs).append(value)
+    cpu0 = time.process_time()
     res = replay(imps, fbs)
+    cpu_s = time.process_time() - cpu0
     out = {"events": res.events, "seconds": round(res.seconds, 3),
            "events_per_s": round(res.events_per_s, 1),
+           "events_per_cpu_s": round(res.events / cpu_s, 1) if cpu_s > 0 else None,
            "windows_closed": sum(1 for o in res.outputs if o.kind == "score"),
            "alerts": len(res.alerts()), "invalid": sum(res.invalid.values())}
     del imps, fbs, res
@@ -907,6 +982,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("worker_events_per_s", r.get("worker_events_per_s"), "events/s"),
         ("ratio_vs_faust_noop", r.get("ratio_vs_faust_noop"), "x (target >= 0.9)"),
         ("ratio_vs_bare_loop", r.get("ratio_vs_bare_loop"), "x (target >= 0.06, aim 0.25)"),
+        ("bare_loop_events_per_cpu_s", r.get("bare_loop_events_per_cpu_s"), "events/CPU-s"),
+        ("faust_noop_events_per_cpu_s", r.get("faust_noop_events_per_cpu_s"), "events/CPU-s"),
+        ("worker_events_per_cpu_s", r.get("worker_events_per_cpu_s"), "events/CPU-s"),
+        ("cpu_ratio_vs_faust_noop", r.get("cpu_ratio_vs_faust_noop"), "x, per CPU-second"),
+        ("cpu_ratio_vs_bare_loop", r.get("cpu_ratio_vs_bare_loop"), "x, per CPU-second"),
         ("latency_p50_ms", r.get("latency_p50_ms"), "ms after window end"),
         ("latency_p99_ms", r.get("latency_p99_ms"),
          f"ms (target < {_fmt(r.get('latency_target_p99_ms'))})"),
@@ -916,6 +996,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
                      "bytes/advertiser (target < 4096)"))
         rows.append((f"rss_bytes   @ {int(n):,} advertisers", b.get("rss_bytes"),
                      "bytes/advertiser"))
+    rows.append((f"state_bytes steady ({_fmt(r.get('state_steady_windows'))} windows)",
+                 r.get("state_bytes_steady"), "bytes/advertiser (target < 4096)"))
     rows += [
         ("recovery_s (start -> /readyz 200)", r.get("recovery_s"), "s"),
         ("recovery_caught_up_s", r.get("recovery_caught_up_s"), "s"),
@@ -936,6 +1018,18 @@ def print_table(r: dict[str, Any], out: Any = None) -> None:
     if r.get("targets"):
         print("targets: " + ", ".join(f"{k} {'n/a' if ok is None else 'met' if ok else 'NOT met'}"
                                       for k, ok in r["targets"].items()), file=out)
+    loads = [v for pair in (r.get("load_avg_1m") or {}).values() for v in pair]
+    cpus = (r.get("machine") or {}).get("cpu_count") or 1
+    if loads:
+        print(f"load average (1 min) during the parts: {min(loads):.1f}-{max(loads):.1f} on "
+              f"{cpus} CPUs" + ("  WARNING: other load on the machine; the events/CPU-s "
+                                "figures are the steadier ones" if max(loads) > cpus + 1 else ""),
+              file=out)
+    for w in r.get("warnings") or []:
+        print(f"WARNING: {w}", file=out)
+    if r.get("git_commit_end"):
+        print(f"WARNING: the checkout changed during the run ({(r.get('git_commit') or '?')[:12]}"
+              f" -> {r['git_commit_end'][:12]})", file=out)
     for name, err in (r.get("errors") or {}).items():
         print(f"ERROR in {name}: {err.splitlines()[0] if err else err}", file=out)
 
@@ -948,6 +1042,7 @@ def evaluate_targets(r: dict[str, Any]) -> dict[str, bool | None]:
     p99, target = r.get("latency_p99_ms"), r.get("latency_target_p99_ms")
     out["latency_p99_ms"] = None if p99 is None or target is None else p99 < target
     sizes = [b.get("state_bytes") for b in (r.get("bytes_per_advertiser") or {}).values()]
+    sizes.append(r.get("state_bytes_steady"))
     out["state_bytes"] = (None if not sizes or None in sizes
                           else max(sizes) < STATE_TARGET_BYTES)
     return out
@@ -961,15 +1056,20 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
 
     r: dict[str, Any] = {k: None for k in REQUIRED_KEYS}
     r.update({"recovery_caught_up_s": None, "bytes_per_advertiser": {}, "errors": {},
-              "details": {}})
+              "details": {}, "state_bytes_steady": None, "warnings": []})
+    t_run = time.monotonic()
     errors: dict[str, str] = r["errors"]
     details: dict[str, Any] = r["details"]
     timings: dict[str, float] = {}
     r["timings_s"] = timings
 
+    load: dict[str, list[float]] = {}
+    r["load_avg_1m"] = load
+
     def part(name: str, fn: Callable[[], Any]) -> Any:
         log(f"{name} ...")
         t0 = time.monotonic()
+        load[name] = [round(os.getloadavg()[0], 2)]
         try:
             return fn()
         except (KeyboardInterrupt, SystemExit):
@@ -981,6 +1081,7 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
             return None
         finally:
             timings[name] = round(time.monotonic() - t0, 1)
+            load[name].append(round(os.getloadavg()[0], 2))
             log(f"{name} done in {timings[name]:.1f}s")
 
     if bootstrap:
@@ -1026,6 +1127,19 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                     details["recovery"] = rec
                     r["recovery_s"] = rec["recovery_s"]
                     r["recovery_caught_up_s"] = rec["recovery_caught_up_s"]
+            for name in ("bare_loop", "faust_noop", "worker"):
+                r[f"{name}_events_per_cpu_s"] = (details.get(name) or {}).get("events_per_cpu_s")
+            w_cpu = r["worker_events_per_cpu_s"]
+            if w_cpu and r["faust_noop_events_per_cpu_s"]:
+                r["cpu_ratio_vs_faust_noop"] = round(w_cpu / r["faust_noop_events_per_cpu_s"], 3)
+            if w_cpu and r["bare_loop_events_per_cpu_s"]:
+                r["cpu_ratio_vs_bare_loop"] = round(w_cpu / r["bare_loop_events_per_cpu_s"], 4)
+            for name in ("faust_noop", "worker"):
+                share = (details.get(name) or {}).get("cpu_share")
+                if share is not None and share < 0.85:
+                    r["warnings"].append(
+                        f"{name} got {share:.0%} of a CPU while measured (other load?): its "
+                        "events/s understate it; compare the events/CPU-s figures")
             w_eps = r["worker_events_per_s"]
             if w_eps and r["faust_noop_events_per_s"]:
                 r["ratio_vs_faust_noop"] = round(w_eps / r["faust_noop_events_per_s"], 3)
@@ -1044,26 +1158,32 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                     r[k] = v
 
     per_adv: dict[str, Any] = r["bytes_per_advertiser"]
-    spent = 0.0
-    sizes = list(profile.state_sizes) + list(profile.state_optional)
-    for size in sizes:
+    backtest_reserve = 15.0 + profile.backtest_events / 15_000  # its own estimate
+    for size in list(profile.state_sizes) + list(profile.state_optional):
         if size in profile.state_optional and per_adv:
-            # estimate from the largest size done so far (time grows ~linearly)
-            done = max(int(k) for k in per_adv)
-            estimate = details[f"state_{done}"]["seconds"] * size / done * 1.3
-            if spent + estimate > profile.state_budget_s:
-                log(f"state @ {size} advertisers skipped: ~{estimate:.0f}s estimated, "
-                    f"{profile.state_budget_s - spent:.0f}s of the budget left")
+            done = max(int(k) for k in per_adv)  # time grows ~linearly with advertisers
+            estimate = details[f"state_{done}"]["seconds"] * size / done * 1.3 + 3
+            left = profile.total_budget_s - (time.monotonic() - t_run) - backtest_reserve
+            if estimate > left:
+                log(f"state @ {size:,} advertisers skipped: ~{estimate:.0f}s estimated, "
+                    f"{max(left, 0):.0f}s left of the {profile.name} budget")
                 r.setdefault("skipped", []).append(f"state_{size}")
                 continue
-        t0 = time.monotonic()
         st = part(f"state_{size}", lambda size=size: state_subprocess(
             size, profile.state_windows, profile.state_events, procs, workdir / "state",
             timeout=max(120.0, size * 0.01 * profile.state_windows)))
-        spent += time.monotonic() - t0
         if st:
             details[f"state_{size}"] = st
-            per_adv[str(size)] = {"state_bytes": st["state_bytes"], "rss_bytes": st["rss_bytes"]}
+            per_adv[str(size)] = {"state_bytes": st["state_bytes"], "rss_bytes": st["rss_bytes"],
+                                  "learned_windows": st["learned_windows"]}
+    n_steady = profile.state_steady_advertisers
+    st = part("state_steady", lambda: state_subprocess(
+        n_steady, profile.state_steady_windows, 2, procs, workdir / "state-steady",
+        timeout=max(120.0, n_steady * 0.01 * profile.state_steady_windows)))
+    if st:
+        details["state_steady"] = st
+        r["state_bytes_steady"] = st["state_bytes"]
+        r["state_steady_windows"] = st["learned_windows"]
 
     bt = part("backtest", lambda: backtest_throughput(profile.backtest_events,
                                                       profile.advertisers, profile.base_rate))
@@ -1108,6 +1228,7 @@ def run_bench(args: Any, settings: Any = None, profile: str | Profile | None = N
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     ok = False
+    git_start = git_commit()  # what is measured: workers import the code as they start
     try:
         log(f"profile {prof.name}: {prof.events:,} events, work dir {workdir}")
         if not bootstrap:
@@ -1129,19 +1250,23 @@ def run_bench(args: Any, settings: Any = None, profile: str | Profile | None = N
             signal.signal(signal.SIGTERM, previous_handler)
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        else:  # keep the logs, not the broker's data (hundreds of MB after a full run)
+            shutil.rmtree(workdir / "broker" / "kafka-data", ignore_errors=True)
             log(f"logs kept in {workdir}")
     result.update({
         "profile": prof.name, "profile_settings": asdict(prof),
         "broker": {"kind": broker_kind, "bootstrap": bootstrap,
                    "version": brokers.KAFKA_VERSION if broker_kind == "apache" else None},
-        "machine": machine_info(), **git_commit(),
+        "machine": machine_info(), **git_start,
         "command": " ".join(["riskstream", *sys.argv[1:]])
         if Path(sys.argv[0]).name in ("riskstream", "cli.py") else " ".join(sys.argv),
         "argv": list(sys.argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "total_seconds": round(time.monotonic() - t0, 1),
     })
+    git_end = git_commit()
+    if git_end["git_commit"] != git_start["git_commit"]:
+        result["git_commit_end"] = git_end["git_commit"]
     result["targets"] = evaluate_targets(result)
     print_table(result)
     print(f"(profile {prof.name}, {result['total_seconds']:.0f}s, commit "
