@@ -373,3 +373,37 @@ def worker(kafka_broker: Any, tmp_path: Path, request: pytest.FixtureRequest
             state = "stopped" if was_running else "had already exited"
             print(f"\n--- worker {w.app_id} {state} (exit {code}); log tail {w.log_path}:\n"
                   f"{w.log_tail(80)}")
+
+
+# -- a recent simulated stream and its offline expectation -----------------------------------
+@dataclass
+class SimulatedCase:
+    config: Any
+    impressions: list[bytes]
+    feedback: list[bytes]
+    expected: Any  # riskstream.backtest.ReplayResult over the same lines, 6 partitions
+
+
+def simulated_case(tmp_path: Path, *, seed: int, advertisers: int, duration_s: int,
+                   spam_start_s: int) -> SimulatedCase:
+    """A recent simulated stream (ending at the current minute, so the worker's age check
+    passes) with one blatant click-spam incident, written to files, and the offline replay of
+    exactly those lines: what a live worker on the same input must produce."""
+    from dataclasses import replace
+
+    from app.factory import engine_config
+    from app.settings import Settings
+    from riskstream.backtest import read_lines, replay
+    from riskstream.simulate import IncidentSpec, SimConfig, write_jsonl
+
+    now = int(time.time() * 1000)
+    cfg = SimConfig(seed=seed, advertisers=advertisers, duration_s=duration_s,
+                    base_rate_per_s=6,
+                    incidents=(IncidentSpec("click_spam", start_s=spam_start_s, duration_s=600,
+                                            params=(("ctr_x", 10.0),)),))
+    cfg = replace(cfg, start_ms=now - now % 60_000 - duration_s * 1000)
+    paths = {n: tmp_path / f"{n}.jsonl" for n in ("impressions", "feedback", "truth")}
+    write_jsonl(cfg, str(paths["impressions"]), str(paths["feedback"]), str(paths["truth"]))
+    imps, fbs = read_lines(paths["impressions"]), read_lines(paths["feedback"])
+    expected = replay(imps, fbs, engine_config=engine_config(Settings()), partitions=6)
+    return SimulatedCase(cfg, imps, fbs, expected)

@@ -9,7 +9,6 @@ idle at its highwater), and no event is late. That makes the live run determinis
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Callable
 
 import orjson
@@ -17,11 +16,11 @@ import pytest
 
 from app.factory import engine_config
 from app.settings import Settings
-from riskstream.backtest import partition_for, read_lines, replay
+from riskstream.backtest import partition_for, replay
 from riskstream.events import DEAD_LETTER_ORIGINAL_BYTES
-from riskstream.simulate import IncidentSpec, SimConfig, ground_truth, write_jsonl
+from riskstream.simulate import ground_truth
 from riskstream.windows import window_start
-from tests.conftest import TopicReader, assert_valid, produce, produce_lines
+from tests.conftest import TopicReader, assert_valid, produce, produce_lines, simulated_case
 
 pytestmark = pytest.mark.integration
 
@@ -238,17 +237,8 @@ def test_worker_dead_letters_bad_input_and_alerts_on_click_spam(kafka_broker, ka
 
 def test_live_alerts_equal_offline_replay(kafka_broker, kafka_topics, worker, tmp_path):
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
-    duration_s = 1800
-    now = int(time.time() * 1000)
-    cfg = SimConfig(seed=21, advertisers=15, duration_s=duration_s, base_rate_per_s=6,
-                    incidents=(IncidentSpec("click_spam", start_s=900, duration_s=600,
-                                            params=(("ctr_x", 10.0),)),))
-    cfg = replace(cfg, start_ms=now - now % W - duration_s * 1000)
-    paths = {n: tmp_path / f"{n}.jsonl" for n in ("impressions", "feedback", "truth")}
-    write_jsonl(cfg, str(paths["impressions"]), str(paths["feedback"]), str(paths["truth"]))
-    imps, fbs = read_lines(paths["impressions"]), read_lines(paths["feedback"])
-
-    expected = replay(imps, fbs, engine_config=engine_config(Settings()), partitions=PARTITIONS)
+    case = simulated_case(tmp_path, seed=21, advertisers=15, duration_s=1800, spam_start_s=900)
+    cfg, imps, fbs, expected = case.config, case.impressions, case.feedback, case.expected
     exp_scores = {_score_key(o.record): o.record["risk_score"]
                   for o in expected.outputs if o.kind == "score"}
     exp_alerts = {a["alert_id"]: a for a in expected.alerts()}

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import replace
 
 import orjson
 import pytest
 
-from app.factory import engine_config
-from app.settings import Settings
-from riskstream.backtest import read_lines, replay
-from riskstream.simulate import IncidentSpec, SimConfig, write_jsonl
-from tests.conftest import TopicReader, assert_valid, produce_lines
+from tests.conftest import TopicReader, assert_valid, produce_lines, simulated_case
 
 pytestmark = pytest.mark.integration
-
-W = 60_000
 
 
 def _score_key(record: dict) -> tuple[str, int]:
@@ -33,15 +26,9 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
         kafka_broker, kafka_topics, worker, tmp_path):
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
     duration_s = 2400
-    now = int(time.time() * 1000)
-    cfg = SimConfig(seed=31, advertisers=12, duration_s=duration_s, base_rate_per_s=6,
-                    incidents=(IncidentSpec("click_spam", start_s=1500, duration_s=600,
-                                            params=(("ctr_x", 10.0),)),))
-    cfg = replace(cfg, start_ms=now - now % W - duration_s * 1000)
-    paths = {n: tmp_path / f"{n}.jsonl" for n in ("impressions", "feedback", "truth")}
-    write_jsonl(cfg, str(paths["impressions"]), str(paths["feedback"]), str(paths["truth"]))
-    imps, fbs = read_lines(paths["impressions"]), read_lines(paths["feedback"])
-    expected = replay(imps, fbs, engine_config=engine_config(Settings()), partitions=6)
+    case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=duration_s,
+                          spam_start_s=1500)
+    cfg, imps, fbs, expected = case.config, case.impressions, case.feedback, case.expected
     exp_scores = {_score_key(o.record): o.record["risk_score"]
                   for o in expected.outputs if o.kind == "score"}
     exp_alerts = {a["alert_id"]: a for a in expected.alerts()}
