@@ -186,6 +186,29 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
     }
 
 
+def compare_specs(champion: ReplayResult, challenger: ReplayResult) -> dict[str, Any]:
+    """Champion vs challenger on the same input: agreement on flagged windows and on alerted
+    advertisers, and alert volume (precision and recall come from ``evaluate`` per spec)."""
+    def flagged(r: ReplayResult) -> set[tuple[str, int]]:
+        return {(o.record["advertiser_id"], o.record["window"]["start"])
+                for o in r.outputs if o.kind == "score" and o.record["flagged"]}
+
+    def alerted(r: ReplayResult) -> set[str]:
+        return {a["advertiser_id"] for a in r.alerts() if a["status"] == "open"}
+
+    fa, fb = flagged(champion), flagged(challenger)
+    aa, ab = alerted(champion), alerted(challenger)
+    return {
+        "flagged_windows": {"champion": len(fa), "challenger": len(fb), "both": len(fa & fb),
+                            "jaccard": len(fa & fb) / len(fa | fb) if fa | fb else 1.0},
+        "alerted_advertisers": {"champion": len(aa), "challenger": len(ab), "both": len(aa & ab),
+                                "only_champion": sorted(aa - ab)[:20],
+                                "only_challenger": sorted(ab - aa)[:20],
+                                "jaccard": len(aa & ab) / len(aa | ab) if aa | ab else 1.0},
+        "alerts": {"champion": len(champion.alerts()), "challenger": len(challenger.alerts())},
+    }
+
+
 def advertiser_hours_of(result: ReplayResult, window_ms: int) -> float:
     closed = sum(1 for o in result.outputs if o.kind == "score")
     return closed * window_ms / 3_600_000
@@ -236,10 +259,12 @@ def run(args: Any, settings: Any) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r  {done:,}/{total:,} events", end="", file=sys.stderr, flush=True)
 
+    results: list[ReplayResult] = []
     for i, spec in enumerate(specs):
         result = replay(imps, fbs, engine_config=ecfg, model_config=ModelConfig(1, spec),
                         partitions=partitions, progress=progress)
         print(file=sys.stderr)
+        results.append(result)
         alerts = result.alerts()
         out_path = Path(args.out) if i == 0 else Path(args.out).with_suffix(f".{spec}.jsonl")
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +296,14 @@ def run(args: Any, settings: Any) -> int:
             print(f"  recall {ev['incident_recall']}, episode precision "
                   f"{ev['episode_precision']}, median delay {ev['median_delay_windows']} windows, "
                   f"alerts on benign look-alikes {ev['alerts_on_benign']}")
+    for spec, result in zip(specs[1:], results[1:]):
+        cmp = compare_specs(results[0], result)
+        report.setdefault("comparisons", {})[f"{specs[0]} vs {spec}"] = cmp
+        fw, aa = cmp["flagged_windows"], cmp["alerted_advertisers"]
+        print(f"{specs[0]} (champion) vs {spec} (challenger): flagged windows "
+              f"{fw['champion']} / {fw['challenger']}, both {fw['both']} (Jaccard "
+              f"{fw['jaccard']:.2f}); alerted advertisers {aa['champion']} / "
+              f"{aa['challenger']}, both {aa['both']} (Jaccard {aa['jaccard']:.2f})")
     if args.report:
         rdir = Path(args.report)
         rdir.mkdir(parents=True, exist_ok=True)
