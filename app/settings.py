@@ -67,7 +67,7 @@ class Settings:
     web_host: str = _setting("127.0.0.1", "RISKSTREAM_WEB_HOST",
                              "Bind address of the metrics/health web server.")
     web_port: int = _setting(6066, "RISKSTREAM_WEB_PORT",
-                             "Port of /metrics, /livez, /readyz (0 picks a free port).")
+                             "Port of /metrics, /livez, /readyz.")
     log_level: str = _setting("INFO", "RISKSTREAM_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR.")
     checkpoint_interval_s: float = _setting(
         1.0, "RISKSTREAM_CHECKPOINT_INTERVAL_S",
