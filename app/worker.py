@@ -22,11 +22,5 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
              settings.web_host, settings.web_port)
     worker = faust.Worker(ra.faust_app, loglevel=settings.log_level, quiet=True,
                           override_logging=False, redirect_stdouts=False)
-    try:
-        import uvloop  # noqa: F401  faster event loop where available
-
-        worker.loop  # noqa: B018
-    except ImportError:
-        pass
     worker.execute_from_commandline()
     return 0
