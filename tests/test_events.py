@@ -26,17 +26,17 @@ def impression(**changes) -> dict:
           "campaign_id": "c1", "ad_id": "a1", "user_id": "u1", "region": "US",
           "placement": "feed", "cost_micros": 1500, "clicked": True, "click_delay_ms": 800,
           "converted": False, "dwell_ms": 4000}
-    for k, v in changes.items():
-        if v is _DROP:
-            ev.pop(k, None)
-        else:
-            ev[k] = v
-    return ev
+    return _changed(ev, changes)
 
 
 def feedback(**changes) -> dict:
     ev = {"event_id": "f1", "event_time": NOW - 1000, "advertiser_id": "adv-1", "ad_id": "a1",
           "user_id": "u1", "kind": "report", "reason": "scam", "channel": "in_app"}
+    return _changed(ev, changes)
+
+
+def _changed(ev: dict, changes: dict) -> dict:
+    """``ev`` with ``changes`` applied; a value of ``_DROP`` removes the field."""
     for k, v in changes.items():
         if v is _DROP:
             ev.pop(k, None)
