@@ -301,12 +301,12 @@ class RiskEngine:
         written_bytes = 0
         self.stats["checkpoints"] += 1
         if self.stats["checkpoints"] % EXPIRY_EVERY_CHECKPOINTS == 0:
-            self._expire_idle()
+            writes += self._expire_idle()
         for key in self._dirty:
             st = self._states.get(key)
             if st is None:
-                self.store.delete(int(key.split(":", 2)[1]), key)
-            elif not st.windows and not st.lifecycle and not st.models:
+                continue  # revoked or expired since it changed
+            if not st.windows and not st.lifecycle and not st.models:
                 self.store.delete(st.partition, key)
                 self._states.pop(key, None)
             else:
@@ -326,18 +326,23 @@ class RiskEngine:
         self._dirty_meta.clear()
         return writes
 
-    def _expire_idle(self) -> None:
+    def _expire_idle(self) -> int:
         """Forget advertisers idle for longer than the TTL in event time (no open window, no
-        open alert): bounded memory and state, whatever the churn of advertisers."""
+        open alert): bounded memory and state, whatever the churn of advertisers. Part of a
+        checkpoint; returns the deletions written."""
         ttl = self.config.advertiser_ttl_ms
+        expired = 0
         for key, st in list(self._states.items()):
             clock = self._partitions.get(st.partition)
             if clock is None or st.windows or st.lifecycle:
                 continue
             if st.last_event_ms < clock.closed_to - ttl:
                 del self._states[key]
-                self._dirty.add(key)
-                self.stats["expired"] += 1
+                self._dirty.discard(key)
+                self.store.delete(st.partition, key)
+                expired += 1
+        self.stats["expired"] += expired
+        return expired
 
     # -- events ---------------------------------------------------------------------------
     def process(self, event: dict, partition: int, caught_up: bool = False) -> list[Output]:
