@@ -205,11 +205,11 @@ def _log_tail(path: Path, lines: int = 12) -> str:
 
 def proc_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process so far (Linux /proc), None if unreadable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    from app.brokers import proc_stat_fields
+
+    fields = proc_stat_fields(pid)
+    if fields is None:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -346,13 +346,18 @@ def _previous_ports(properties: Path) -> tuple[int, int] | None:
 _children: dict[int, subprocess.Popen] = {}
 
 
-def _proc_start_time(pid: int) -> str | None:
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 onwards), None if unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None  # field 22: starttime
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _proc_start_time(pid: int) -> str | None:
+    fields = proc_stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None  # field 22: starttime
 
 
 def _proc_is_zombie(pid: int) -> bool:
