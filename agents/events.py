@@ -103,16 +103,27 @@ def register_agents(ra: Any) -> None:
                         replayed += 1  # already in the restored state: do not count it twice
                         continue
                     engine.note_offset(msg.partition, msg.topic, msg.offset + 1)
-                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
                     raw = event.value if event.value is not None else b""
                     try:
                         ev = validate(raw, now_ms, limits)
-                        if source == "decision":
-                            engine.apply_decision(ev, msg.partition)
-                            record_decision(ev)
-                            continue
-                        outputs = engine.process(ev, msg.partition, caught_up=False)
                     except InvalidEvent as exc:
+                        consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
+                        await dead_letter(msg, raw, exc, now_ms)
+                        continue
+                    if engine.applied_to_advertiser(msg.partition, ev["advertiser_id"],
+                                                    msg.topic, msg.offset):
+                        replayed += 1
+                        continue
+                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
+                    where = (msg.topic, msg.offset)
+                    if source == "decision":
+                        engine.apply_decision(ev, msg.partition, position=where)
+                        record_decision(ev)
+                        continue
+                    try:
+                        outputs = engine.process(ev, msg.partition, caught_up=False,
+                                                 position=where)
+                    except InvalidEvent as exc:  # late_event
                         await dead_letter(msg, raw, exc, now_ms)
                         continue
                     if outputs:

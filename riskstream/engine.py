@@ -116,7 +116,7 @@ class Output(NamedTuple):
 
 class AdvertiserState:
     __slots__ = ("advertiser_id", "partition", "windows", "models", "lifecycle", "last_event_ms",
-                 "recent", "enforced_by")
+                 "recent", "enforced_by", "offsets")
 
     def __init__(self, advertiser_id: str, partition: int) -> None:
         self.advertiser_id = advertiser_id
@@ -127,6 +127,7 @@ class AdvertiserState:
         self.last_event_ms = 0
         self.recent: list[list[Any]] = []  # [window_start, risk, severity|None]
         self.enforced_by: str | None = None  # alert_id an enforcement team confirmed
+        self.offsets: dict[str, int] = {}  # input topic -> next offset applied to this state
 
     def model(self, spec_name: str) -> RiskModel:
         m = self.models.get(spec_name)
@@ -148,6 +149,7 @@ class AdvertiserState:
             "last_event_ms": self.last_event_ms,
             "recent": self.recent,
             "enforced_by": self.enforced_by,
+            "offsets": self.offsets,
         }
         raw = orjson.dumps(data)
         if len(raw) > MAX_STATE_BYTES:
@@ -174,6 +176,7 @@ class AdvertiserState:
         st.last_event_ms = data["last_event_ms"]
         st.recent = data["recent"]
         st.enforced_by = data.get("enforced_by")
+        st.offsets = data.get("offsets", {})
         return st
 
 
@@ -257,6 +260,14 @@ class RiskEngine:
     # here instead of being counted twice. State and offsets agree without transactions.
     def applied(self, partition: int, topic: str, offset: int) -> bool:
         return offset < self._partition(partition).offsets.get(topic, -1)
+
+    def applied_to_advertiser(self, partition: int, advertiser_id: str, topic: str,
+                              offset: int) -> bool:
+        """The partition meta is written after the advertisers' states in a checkpoint, and a
+        crash mid-flush can keep a prefix of those records: states newer than the meta. Each
+        state therefore also records the offsets it has applied, and skips them again."""
+        st = self._state_for_key(advertiser_key(partition, advertiser_id))
+        return st is not None and offset < st.offsets.get(topic, -1)
 
     def note_offset(self, partition: int, topic: str, next_offset: int) -> None:
         clock = self._partition(partition)
@@ -345,7 +356,8 @@ class RiskEngine:
         return expired
 
     # -- events ---------------------------------------------------------------------------
-    def process(self, event: dict, partition: int, caught_up: bool = False) -> list[Output]:
+    def process(self, event: dict, partition: int, caught_up: bool = False,
+                position: tuple[str, int] | None = None) -> list[Output]:
         """Add one validated event; return what windows closed because of it.
 
         Raises InvalidEvent("late_event") when the event's window has already closed.
@@ -377,6 +389,8 @@ class RiskEngine:
             w.last_event_ms = t
         if t > st.last_event_ms:
             st.last_event_ms = t
+        if position is not None:  # (input topic, offset) this event came from
+            st.offsets[position[0]] = position[1] + 1
         self._dirty.add(key)
         self.stats["events"] += 1
         changed = False
@@ -427,7 +441,8 @@ class RiskEngine:
         return out
 
     # -- enforcement decisions ------------------------------------------------------------
-    def apply_decision(self, decision: dict, partition: int) -> None:
+    def apply_decision(self, decision: dict, partition: int,
+                       position: tuple[str, int] | None = None) -> None:
         """An enforcement team confirmed or dismissed an alert.
 
         confirmed: the advertiser is enforced: no further alerts (enforcement already acts) and
@@ -450,6 +465,8 @@ class RiskEngine:
             counts[1] += 1
             if detector in st.lifecycle:
                 del st.lifecycle[detector]
+        if position is not None:
+            st.offsets[position[0]] = position[1] + 1
         self._dirty.add(key)
 
     # -- closing a window -----------------------------------------------------------------
