@@ -69,15 +69,15 @@ register(ModelSpec(
     "robust-baseline", "3", RobustBaseline, {},
     "Count-aware directional per-advertiser baseline (Freeman-Tukey on Poisson counts, EW "
     "log-levels). Default: ~1.5 KiB of state, explains its scores."))
-# River specs start warm from the cohort prototype (v2; v1 started from zero).
+# hst and river-ocsvm start warm from the cohort prototype (v2; v1 started from zero).
 register(ModelSpec(
     "hst", "2", half_space_trees, {"n_trees": 5, "height": 6, "window_size": 50},
     "River HalfSpaceTrees (5 trees, height 6) on scaled features, calibrated, cohort warm "
     "start. ~12 KiB state.", warm_start=1500))
+# gaussian-sad stays cold: warm-started, it measured worse (docs/models.md, "Cold start").
 register(ModelSpec(
-    "gaussian-sad", "2", standard_absolute_deviation, {},
-    "River StandardAbsoluteDeviation per feature, max-combined, calibrated, cohort warm "
-    "start.", warm_start=30))
+    "gaussian-sad", "1", standard_absolute_deviation, {},
+    "River StandardAbsoluteDeviation per feature, max-combined, calibrated."))
 register(ModelSpec(
     "river-ocsvm", "2", one_class_svm, {"nu": 0.1},
     "River OneClassSVM (online SGD) on scaled features, calibrated, cohort warm start. "
