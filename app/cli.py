@@ -172,7 +172,18 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from app.model_control import run_models_command
 
-    bootstrap = None if args.action == "list" else resolve_bootstrap(settings, args.bootstrap)
+    offline = args.action in ("list", "fit-cohort")
+    bootstrap = None if offline else resolve_bootstrap(settings, args.bootstrap)
+    if args.action == "fit-cohort":
+        from app.cohort_fit import run_fit_cohort
+
+        return run_fit_cohort(args, settings)
+    if args.action == "compare":
+        from app.model_compare import run_compare
+
+        if args.spec:
+            raise CliError("`models compare` takes no spec (use --champion NAME)")
+        return run_compare(args, settings, bootstrap)
     return run_models_command(args, settings, bootstrap)
 
 
@@ -242,9 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("models", help="list models, or publish a model config to workers")
-    p.add_argument("action", choices=["list", "set", "shadow", "promote", "show"])
+    p.add_argument("action", choices=["list", "set", "shadow", "promote", "show", "compare",
+                                         "fit-cohort"])
     p.add_argument("spec", nargs="*")
     p.add_argument("--bootstrap")
+    c = p.add_argument_group("compare (champion vs shadow challengers on the alert topics)")
+    c.add_argument("--since", help="from this time: ISO 8601 or epoch ms (default: beginning)")
+    c.add_argument("--champion", help="champion model name (default: the latest enforce spec)")
+    c.add_argument("--truth", help="ground truth JSONL of simulated traffic, for recall")
+    c.add_argument("--json", dest="json_path", help="also write the report as JSON here")
+    c.add_argument("--read-timeout", type=float, default=120.0)
+    from app.cohort_fit import add_arguments as cohort_arguments
+
+    cohort_arguments(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("settings", help="print every setting with its env var and default")

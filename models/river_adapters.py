@@ -85,6 +85,11 @@ class CalibratedRiver:
         self.detector.learn_one(river_input(x))
         self._seen += 1
 
+    def start_advertiser(self) -> None:
+        """A cohort prototype becomes one advertiser's model: keep what the detector and the
+        calibrator learned, but count windows (for the decision's warm-up) from zero."""
+        self._seen = 0
+
     def state(self) -> dict[str, Any]:
         return {
             "detector": serialization.dumps_river(self.detector),

@@ -214,6 +214,16 @@ def add_arguments(p: Any) -> None:
                    help="partition count to route by (default: topics.yaml)")
     p.add_argument("--window-seconds", type=int, default=None)
     p.add_argument("--lateness-seconds", type=int, default=None)
+    g = p.add_argument_group("replaying a topic range instead of files")
+    g.add_argument("--from-topics", action="store_true",
+                   help="read ad-impressions and user-feedback (with RISKSTREAM_TOPIC_PREFIX) "
+                        "from Kafka, up to their current end, instead of --impressions/--feedback")
+    g.add_argument("--bootstrap", help="broker for --from-topics (default: "
+                                       "KAFKA_BOOTSTRAP_SERVERS or the local broker)")
+    g.add_argument("--since", help="first record time: ISO 8601 (2026-11-26T10:00Z) or epoch ms")
+    g.add_argument("--until", help="records at or after this time are left out (same forms)")
+    g.add_argument("--read-timeout", type=float, default=300.0,
+                   help="seconds allowed to read the range (default 300)")
 
 
 def run(args: Any, settings: Any) -> int:
@@ -224,8 +234,11 @@ def run(args: Any, settings: Any) -> int:
         from riskstream.series import run_series
 
         return run_series(args)
-    if not (args.impressions and args.feedback):
-        print("backtest: give --impressions and --feedback (or --series)", file=sys.stderr)
+    from_topics = getattr(args, "from_topics", False)
+    if from_topics == bool(args.impressions or args.feedback) or not (
+            from_topics or (args.impressions and args.feedback)):
+        print("backtest: give --impressions and --feedback, or --from-topics (or --series)",
+              file=sys.stderr)
         return 2
     overrides = {}
     if args.window_seconds:
@@ -236,7 +249,17 @@ def run(args: Any, settings: Any) -> int:
         settings = type(settings)(**{**settings.__dict__, **overrides})
     ecfg = engine_config_for(settings)
     partitions = args.partitions or {t.name: t for t in load_topics()}["ad-impressions"].partitions
-    imps, fbs = read_lines(args.impressions), read_lines(args.feedback)
+    if from_topics:
+        from app.topic_range import TopicRangeError, parse_time
+
+        try:
+            imps, fbs = read_topic_inputs(settings, args.bootstrap, parse_time(args.since),
+                                          parse_time(args.until), args.read_timeout)
+        except (TopicRangeError, ValueError) as exc:
+            print(f"backtest: {exc}", file=sys.stderr)
+            return 1
+    else:
+        imps, fbs = read_lines(args.impressions), read_lines(args.feedback)
     truth = [orjson.loads(line) for line in read_lines(args.truth)] if args.truth else None
     specs = args.model or [settings.model_spec]
     report: dict[str, Any] = {"input": {"impressions": len(imps), "feedback": len(fbs)},
@@ -296,6 +319,31 @@ def run(args: Any, settings: Any) -> int:
         (rdir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         print(f"report: {rdir / 'report.json'} and report-<model>.html")
     return 0
+
+
+def read_topic_inputs(settings: Any, bootstrap: str | None, since_ms: int | None,
+                      until_ms: int | None, timeout: float) -> tuple[list[bytes], list[bytes]]:
+    """The impressions and feedback values of a topic range, each in (partition, offset)
+    order -- within a partition, the order a worker consumed them. A null value becomes an
+    empty line, which the replay dead-letters as the worker did."""
+    from app.cli import client_config, resolve_bootstrap
+    from app.topic_range import read_topic_range
+
+    bootstrap = resolve_bootstrap(settings, bootstrap)
+    out = []
+    for name in ("ad-impressions", "user-feedback"):
+        topic = settings.topic(name)
+
+        def progress(done: int, total: int, topic: str = topic) -> None:
+            print(f"\r  reading {topic}: {done:,}/{total:,}", end="", file=sys.stderr,
+                  flush=True)
+
+        records = read_topic_range(bootstrap, topic, client_config=client_config(settings),
+                                   since_ms=since_ms, until_ms=until_ms, timeout=timeout,
+                                   progress=progress)
+        print(file=sys.stderr)
+        out.append([r.value or b"" for r in records])
+    return out[0], out[1]
 
 
 def iter_jsonl(path: Path | str) -> Iterator[dict]:
