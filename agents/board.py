@@ -33,32 +33,26 @@ def register_board(ra: Any) -> RiskBoard:
 
     @ra.faust_app.task
     async def follow_board() -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
+        # Subscribed without a group id: aiokafka assigns every partition of both topics (and
+        # follows partition changes); nothing is committed.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=ra.bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="latest", **aiokafka_security(settings))
+            scores_topic, alerts_topic, bootstrap_servers=ra.bootstrap, group_id=None,
+            enable_auto_commit=False, auto_offset_reset="latest", **aiokafka_security(settings))
         await consumer.start()
         try:
-            tps: list[Any] = []
-            while not tps:
-                await consumer.topics()  # refresh metadata
-                for topic in (scores_topic, alerts_topic):
-                    tps += [TopicPartition(topic, p)
-                            for p in sorted(consumer.partitions_for_topic(topic) or ())]
-                if len(tps) < 2 or {tp.topic for tp in tps} != {scores_topic, alerts_topic}:
-                    tps = []
-                    await asyncio.sleep(1.0)
-            consumer.assign(tps)
+            wanted = {scores_topic, alerts_topic}
+            while {tp.topic for tp in consumer.assignment()} != wanted:
+                await asyncio.sleep(0.2)
+            tps = sorted(consumer.assignment())
             now_ms = int(time.time() * 1000)
+            ends = await consumer.end_offsets(tps)  # before the time lookup: nothing is skipped
             starts = await consumer.offsets_for_times(
                 {tp: max(now_ms - lookback_ms[tp.topic], 0) for tp in tps})
             for tp in tps:
                 found = starts.get(tp)
-                if found is None:
-                    await consumer.seek_to_end(tp)  # nothing that recent: only new records
-                else:
-                    consumer.seek(tp, found.offset)
+                consumer.seek(tp, ends[tp] if found is None else found.offset)
             log.info("board follows %s and %s (%d partitions)", scores_topic, alerts_topic,
                      len(tps))
             bad = 0

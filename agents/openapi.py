@@ -112,6 +112,8 @@ OPENAPI: dict[str, Any] = {
                 "sources": {"type": "object", "description": "state: the owner's state was "
                             "found; board: risk-scores/risk-alerts mention it"},
                 "severity": {"type": ["string", "null"]},
+                "kind": {"type": ["string", "null"], "description": "incident kind: the open "
+                         "alert's, else the latest window's rules'"},
                 "latest": {"type": ["object", "null"], "description": "latest closed window: "
                            "risk_score, severity, rules, kind, features"},
                 "current_windows": {"type": "array", "description": "open windows and their "

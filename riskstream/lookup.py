@@ -21,7 +21,7 @@ from riskstream.alerts import iso_ms
 from riskstream.board import AdvertiserTrack, RiskBoard, incident_kind
 from riskstream.engine import AdvertiserState
 from riskstream.events import InvalidEvent, _id
-from riskstream.features import FEATURE_NAMES, window_features
+from riskstream.features import window_features
 
 
 class BadAdvertiserId(ValueError):
@@ -154,10 +154,10 @@ def advertiser_lookup(advertiser_id: str, partition: int, state: AdvertiserState
         if current:
             baseline = _baseline(model, window_features(state.windows[current[-1]["window"]
                                                                       ["start"]]),
-                                 f"open window {current[-1]['window']['start_iso']}")
+                                 f"open window from {current[-1]['window']['start_iso']}")
         elif latest is not None and latest["features"] is not None:
             baseline = _baseline(model, latest["features"],
-                                 f"last closed window {latest['window']['start_iso']}")
+                                 f"last closed window from {latest['window']['start_iso']}")
     if track is not None and track.model[0]:
         model_doc.update(scored_by={"name": track.model[0], "version": track.model[1],
                                     "config_version": track.model[2]})
@@ -168,6 +168,7 @@ def advertiser_lookup(advertiser_id: str, partition: int, state: AdvertiserState
         "served_by": served_by,
         "sources": {"state": state is not None, "board": track is not None},
         "severity": track.board_severity() if track is not None else None,
+        "kind": track.kind if track is not None else None,  # the open alert's, else the rules'
         "latest": latest,
         "current_windows": current,
         "recent_windows": _recent(state, track),
@@ -179,5 +180,4 @@ def advertiser_lookup(advertiser_id: str, partition: int, state: AdvertiserState
                            "window": a["window"], "reasons": a["reasons"],
                            "emitted_at": a.get("emitted_at")} for a in reversed(alerts)],
         "enforced_by": state.enforced_by if state is not None else None,
-        "features": list(FEATURE_NAMES),
     }

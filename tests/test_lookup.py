@@ -45,7 +45,8 @@ def test_the_incident_advertiser_shows_its_open_alert_with_reasons(replayed) -> 
     opened = [a for a in case.expected.alerts() if a["advertiser_id"] == adv][0]
     assert episode["opened_alert_id"] == opened["alert_id"]
     assert episode["reasons"] == opened["reasons"] and episode["reasons"]
-    assert episode["kind"] == "click_fraud" and doc["severity"] == episode["severity"]
+    assert episode["kind"] == doc["kind"] == "click_fraud"
+    assert doc["severity"] == episode["severity"]
     assert doc["recent_alerts"][0]["alert_id"] == opened["alert_id"]
 
 

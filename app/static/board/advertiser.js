@@ -21,7 +21,7 @@
       ...dd("severity", badge(d.severity)),
       ...dd("latest risk score", latest.risk_score === undefined ? "–" : fmt(latest.risk_score)),
       ...dd("latest window", latest.window ? time(latest.window.start_iso) + " → " + time(latest.window.end_iso) : "–"),
-      ...dd("incident kind", (latest.kind || "none").replace(/_/g, " ")),
+      ...dd("incident kind", (d.kind || "none").replace(/_/g, " ")),
       ...dd("rules hit", (latest.rules && latest.rules.length) ? latest.rules.join(", ") : "none"),
       ...dd("model", d.model.name + (d.model.scored_by ? ` v${d.model.scored_by.version} (config ${d.model.scored_by.config_version})` : "") +
         (d.model.windows_seen !== undefined ? `, ${d.model.windows_seen} windows learned` : "")),
