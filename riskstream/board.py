@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 import time
 from array import array
 from collections import deque
@@ -46,6 +47,7 @@ ALERTS_PER_ADVERTISER = 5
 MAX_PAGE = 100       # rows per page
 MAX_DEPTH = 1000     # how far down the ranking one may page
 FILTER_SEVERITIES = SEVERITIES + ("none",)
+SEVERITY_NAME = {s: s for s in SEVERITIES}  # one shared string object per severity
 
 # Incident kinds, from the codes of an alert's reasons or a score's rules (first match wins:
 # rules come first, then features by deviation).
@@ -228,12 +230,16 @@ class RiskBoard:
         self.stats["scores"] += 1
         metrics = record.get("metrics") or {}
         t.risk = float(record["risk_score"])
-        t.severity = record.get("severity") if record.get("flagged") else None
+        sev = record.get("severity") if record.get("flagged") else None
+        t.severity = SEVERITY_NAME.get(sev, sev)
         t.window_start, t.window_end = start, int(record["window"]["end"])
-        t.rules = tuple(record.get("rules") or ())
+        # Interned: a few distinct values shared by 100k tracks (decoded strings are new objects)
+        t.rules = tuple(sys.intern(str(r)) for r in record.get("rules") or ())
         m = record.get("model") or {}
-        t.model = (str(m.get("name", "")), str(m.get("version", "")),
-                   int(m.get("config_version", 0)))
+        model = (sys.intern(str(m.get("name", ""))), sys.intern(str(m.get("version", ""))),
+                 int(m.get("config_version", 0)))
+        if model != t.model:
+            t.model = model
         t.metrics = array("f", [float(metrics.get(name, 0.0)) for name in FEATURE_NAMES])
         t.starts.append(start)
         t.hist.extend([t.risk] + [float(metrics.get(name, 0.0)) for name in SERIES[1:]])

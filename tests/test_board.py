@@ -169,3 +169,11 @@ def test_summary_counts_every_advertiser() -> None:
     s = b.summary()
     assert s["advertisers"] == 2 and s["open_alerts"] == 1
     assert s["by_severity"]["critical"] == 1 and s["by_severity"]["high"] == 1
+
+
+def test_the_scale_bench_runs_and_a_page_stays_small() -> None:
+    from app.board_bench import run
+
+    res = run(advertisers=3000, windows=2, repeats=2)
+    assert res["score_records"] == 6000 and res["bytes_per_advertiser"] > 0
+    assert res["page_json_bytes"] < 64 * 1024  # 25 rows with sparklines, whatever the total
