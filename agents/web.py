@@ -6,9 +6,9 @@ rebalance is under way (Kubernetes readiness). ``/metrics``: Prometheus text for
 
 ``/advertisers/{id}``: one advertiser at a glance (``riskstream.lookup``). Any worker answers:
 the request is forwarded to the worker that owns the advertiser's partition of the
-``advertiser-state`` table (Faust's router: the table's changelog partition of the key, which is
-the input partition, since producers key by advertiser id with the murmur2 partitioner), with a
-header that stops a second hop if two workers disagree during a rebalance.
+``advertiser-state`` table (the murmur2 partition of the id, as producers key the inputs; Faust's
+assignor says which worker holds it as an active), with a header that stops a second hop if two
+workers disagree during a rebalance.
 
 ``/board``: the risk board (static files under app/static/board), fed by ``/board/api/*`` from
 this worker's view of ``risk-scores`` and ``risk-alerts`` (``agents.board``): the whole platform.
@@ -70,14 +70,24 @@ def _ident(url: Any) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
 
-def owner_url(ra: Any, advertiser_id: str) -> Any | None:
-    """URL of the worker that owns the advertiser's table partition; None while unknown (not
-    yet assigned, rebalancing, or the producer not started)."""
-    app = ra.faust_app
+def owner_url(ra: Any, partition: int) -> Any | None:
+    """URL of the worker that holds ``partition`` of the ``advertiser-state`` table as an
+    active (Faust's assignor hands every member the whole distribution); None while unknown.
+
+    Not ``app.table_route``: it hashes the key as the table's changelog serialises it (JSON,
+    with quotes), while our states sit in the partition their events came from, the murmur2
+    partition of the raw advertiser id (agents/store.py writes with an explicit partition)."""
+    from yarl import URL
+
+    table = ra.state_table
     try:
-        return app.router.key_store(ra.state_table.name, advertiser_id)
-    except Exception:  # KeyError before assignment; NotReady/AttributeError before start
+        topic = table.changelog_topic.get_topic_name()
+        for url, topics in ra.faust_app.router.table_metadata(table.name).items():
+            if partition in topics.get(topic, ()):
+                return URL(url)
+    except Exception:  # no assignment yet (not started, first rebalance)
         return None
+    return None
 
 
 async def forward(view: Any, ra: Any, request: Any, dest: Any) -> Any:
@@ -146,7 +156,7 @@ def register_web(ra: Any) -> None:
         except BadAdvertiserId as exc:
             return error(web, 400, f"invalid advertiser id: {exc}")
         if ROUTED_HEADER not in request.headers:
-            dest = owner_url(ra, adv)
+            dest = owner_url(ra, partition_for(adv.encode(), partitions))
             if dest is not None and _ident(dest) != _ident(app.conf.canonical_url):
                 return await forward(web, ra, request, dest)
         partition, state = local_lookup(adv)
