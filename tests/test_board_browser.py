@@ -94,7 +94,8 @@ def test_board_shows_the_incident_on_top_and_the_lookup_shows_why(
 
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
     # 20 minutes of 15 advertisers; click spam from minute 15 to the end, so its alert is open.
-    case = simulated_case(tmp_path, seed=21, advertisers=15, duration_s=1200, spam_start_s=900)
+    case = simulated_case(tmp_path, seed=21, advertisers=15, duration_s=1200, spam_start_s=900,
+                          diurnal_amplitude=0.0)
     (truth,) = ground_truth(case.config)
     adv = truth["advertiser_id"]
     expected = [a for a in case.expected.alerts() if a["advertiser_id"] == adv]

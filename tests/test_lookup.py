@@ -17,7 +17,8 @@ from tests.conftest import simulated_case
 def replayed(tmp_path_factory):
     # 20 minutes, click spam from minute 15 to the end: the alert is still open at the end.
     case = simulated_case(tmp_path_factory.mktemp("lookup"), seed=21, advertisers=15,
-                          duration_s=1200, spam_start_s=900)
+                          duration_s=1200, spam_start_s=900,
+                          diurnal_amplitude=0.0)
     board = RiskBoard()
     for o in case.expected.outputs:
         if o.kind == "score":

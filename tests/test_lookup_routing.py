@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def test_a_lookup_on_either_worker_is_answered_by_the_owner(kafka_broker, kafka_topics, worker,
                                                            tmp_path):
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
-    case = simulated_case(tmp_path, seed=5, advertisers=12, duration_s=600, spam_start_s=300)
+    case = simulated_case(tmp_path, seed=5, advertisers=12, duration_s=600, spam_start_s=300,
+                          diurnal_amplitude=0.0)
     advertisers = sorted({orjson.loads(line)["advertiser_id"] for line in case.impressions})
     app_id = f"rs-test-{uuid.uuid4().hex[:10]}"
     a = worker(prefix, RISKSTREAM_APP_ID=app_id)
