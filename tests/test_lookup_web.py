@@ -88,6 +88,19 @@ def test_lookup_answers_with_state_board_and_reasons(http) -> None:
     assert doc["served_by"] == "http://127.0.0.1:6066" and doc["worker_ready"] is False
 
 
+def test_answers_match_their_openapi_schemas(http) -> None:
+    import jsonschema
+
+    _status, api = http.get_json("/openapi.json")
+    schemas = api["components"]["schemas"]
+    _status, doc = http.get_json("/advertisers/adv-1")
+    jsonschema.validate(doc, schemas["Advertiser"])
+    _status, page = http.get_json("/board/api/top")
+    jsonschema.validate(page, schemas["TopPage"])
+    _status, err = http.get_json("/advertisers/adv-404")
+    jsonschema.validate(err, schemas["Error"])
+
+
 def test_board_only_advertiser_and_url_encoded_ids(http) -> None:
     status, doc = http.get_json("/advertisers/board%2Donly")
     assert status == 200 and doc["sources"] == {"state": False, "board": True}
