@@ -22,8 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from agents.board import register_board
 from agents.openapi import openapi_document
@@ -34,6 +36,7 @@ from riskstream.lookup import BadAdvertiserId, advertiser_lookup, parse_advertis
 log = logging.getLogger("riskstream.web")
 
 ROUTED_HEADER = "X-Riskstream-Routed-From"
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 STATIC = Path(str(resources.files("app") / "static" / "board"))
 # The board's pages load only their own scripts and styles, and call only this origin.
 PAGE_HEADERS = {
@@ -77,8 +80,6 @@ def owner_url(ra: Any, partition: int) -> Any | None:
     Not ``app.table_route``: it hashes the key as the table's changelog serialises it (JSON,
     with quotes), while our states sit in the partition their events came from, the murmur2
     partition of the raw advertiser id (agents/store.py writes with an explicit partition)."""
-    from yarl import URL
-
     table = ra.state_table
     try:
         topic = table.changelog_topic.get_topic_name()
@@ -96,7 +97,7 @@ async def forward(view: Any, ra: Any, request: Any, dest: Any) -> Any:
     url = request.url.with_host(dest.host).with_port(int(dest.port or 80))
     try:
         async with app.http_client.get(url, headers={ROUTED_HEADER: str(app.conf.canonical_url)},
-                                       timeout=_timeout(5.0)) as resp:
+                                       timeout=FORWARD_TIMEOUT) as resp:
             body = await resp.read()
             return view.bytes(body, content_type=resp.content_type or "application/json",
                               status=resp.status, headers=dict(JSON_HEADERS))
@@ -104,12 +105,6 @@ async def forward(view: Any, ra: Any, request: Any, dest: Any) -> Any:
         log.warning("lookup: owner %s unreachable: %s", dest, type(exc).__name__)
         return error(view, 503, "the worker that owns this advertiser did not answer; retry",
                      owner=str(dest))
-
-
-def _timeout(seconds: float) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientTimeout(total=seconds)
 
 
 def register_web(ra: Any) -> None:
