@@ -85,8 +85,10 @@ OPENAPI: dict[str, Any] = {
         "/board/api/alerts": _get(
             "alerts as they arrive, newest first; poll with after=<last_seq>",
             {"200": _json("alerts after a sequence number", {
-                "type": "object", "required": ["last_seq", "alerts"],
-                "properties": {"last_seq": {"type": "integer"},
+                "type": "object", "required": ["board", "last_seq", "alerts"],
+                "properties": {"board": {"type": "string", "description": "board instance: "
+                                         "sequence numbers are only comparable within one"},
+                               "last_seq": {"type": "integer"},
                                "alerts": {"type": "array", "items": {"type": "object"}}}}),
              "400": _ERROR},
             [_query("after", "sequence number of the last alert already shown",

@@ -31,6 +31,7 @@ import heapq
 import math
 import sys
 import time
+import uuid
 from array import array
 from collections import deque
 from typing import Any, Callable, Iterable
@@ -204,6 +205,9 @@ class RiskBoard:
         self._alert_ids: dict[str, None] = {}  # ids in the feed (at-least-once: dedup)
         self._by_advertiser: dict[str, deque[dict[str, Any]]] = {}  # full alert records
         self._seq = 0
+        # Sequence numbers are per board instance: a browser that sees another instance (worker
+        # restarted, or another worker behind a load balancer) starts its feed again from 0.
+        self.instance = uuid.uuid4().hex[:12]
         self._cache: dict[tuple, tuple[float, int, list[AdvertiserTrack]]] = {}
         self.stats = {"scores": 0, "alerts": 0, "duplicates": 0, "evicted": 0}
 
@@ -331,7 +335,7 @@ class RiskBoard:
             if (severities is None or a["severity"] in severities) and \
                     (kinds is None or a["kind"] in kinds):
                 out.append(a)
-        return {"last_seq": self._seq, "alerts": out}
+        return {"board": self.instance, "last_seq": self._seq, "alerts": out}
 
     def summary(self) -> dict[str, Any]:
         """Counts over every advertiser (cached like the ranking: one pass a second at most)."""

@@ -177,3 +177,8 @@ def test_the_scale_bench_runs_and_a_page_stays_small() -> None:
     res = run(advertisers=3000, windows=2, repeats=2)
     assert res["score_records"] == 6000 and res["bytes_per_advertiser"] > 0
     assert res["page_json_bytes"] < 64 * 1024  # 25 rows with sparklines, whatever the total
+
+
+def test_each_board_instance_names_itself_so_a_browser_can_restart_its_feed() -> None:
+    a, b = RiskBoard(clock=Clock()), RiskBoard(clock=Clock())
+    assert a.alerts_after(0)["board"] == a.alerts_after(5)["board"] != b.alerts_after(0)["board"]

@@ -4,7 +4,7 @@
 (() => {
   const { el, sparkline, badge, fmt, time, getJSON, lookupHref, setStatus, KEY_RATE } = RS;
   const PAGE = 25;
-  const state = { offset: 0, total: 0, severities: new Set(), kind: "", lastSeq: 0, maxAlerts: 200 };
+  const state = { offset: 0, total: 0, severities: new Set(), kind: "", lastSeq: 0, board: null, maxAlerts: 200 };
 
   function query(extra) {
     const p = new URLSearchParams(extra);
@@ -92,8 +92,18 @@
 
   async function refreshAlerts() {
     try {
-      const feed = await getJSON("/board/api/alerts?" + query({ after: state.lastSeq, limit: 100 }));
+      let feed = await getJSON("/board/api/alerts?" + query({ after: state.lastSeq, limit: 100 }));
       const list = document.getElementById("alerts");
+      if (feed.board !== state.board) {
+        // another board instance (worker restarted, or another worker): its sequence numbers
+        // are not ours, so start the feed again
+        state.board = feed.board;
+        list.replaceChildren();
+        if (state.lastSeq !== 0) {
+          state.lastSeq = 0;
+          feed = await getJSON("/board/api/alerts?" + query({ after: 0, limit: 100 }));
+        }
+      }
       // newest first: the answer is newest first, so insert it above what is shown, in order
       const items = feed.alerts.map(alertItem);
       list.prepend(...items);
