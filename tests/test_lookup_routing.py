@@ -1,10 +1,12 @@
 """Any worker answers any advertiser: two workers in one consumer group split the partitions, and
 a lookup sent to the worker that does not own an advertiser is forwarded to the one that does
 (Faust's assignor knows which worker holds each ``advertiser-state`` changelog partition). The
-board on either worker shows every advertiser (both read risk-scores outside the group).
+board on either worker shows every advertiser (both read risk-scores outside the group), also
+on the worker that joined after the scores were written.
 
-Relies on: the broker's group rebalance splitting 6 partitions over two members, and Faust's
-assignor publishing every member's web URL with the assignment."""
+Relies on: the broker's group rebalance splitting 6 partitions over two members, Faust's
+assignor publishing every member's web URL with the assignment, the changelog restoring the
+moved partitions' state, and the broker's time index (offsets_for_times) for the look-back."""
 
 from __future__ import annotations
 
@@ -27,9 +29,21 @@ def test_a_lookup_on_either_worker_is_answered_by_the_owner(kafka_broker, kafka_
     advertisers = sorted({orjson.loads(line)["advertiser_id"] for line in case.impressions})
     app_id = f"rs-test-{uuid.uuid4().hex[:10]}"
     a = worker(prefix, RISKSTREAM_APP_ID=app_id)
-    b = worker(prefix, RISKSTREAM_APP_ID=app_id)
     produce_lines(bootstrap, f"{prefix}ad-impressions", case.impressions)
     produce_lines(bootstrap, f"{prefix}user-feedback", case.feedback)
+
+    def board_of(w) -> set[str]:
+        status, body = w.get("/board/api/top?limit=100")
+        assert status == 200
+        return {r["advertiser_id"] for r in orjson.loads(body)["rows"]}
+
+    deadline = time.monotonic() + 60
+    while board_of(a) != set(advertisers):
+        assert time.monotonic() < deadline, f"A's board: {board_of(a)}\n{a.log_tail(20)}"
+        time.sleep(0.5)
+    # B joins after every score was written: its board starts from the topics' recent past
+    # (RISKSTREAM_BOARD_LOOKBACK_S), and the rebalance moves half the state to it
+    b = worker(prefix, RISKSTREAM_APP_ID=app_id)
 
     last: list = []
 
@@ -66,7 +80,4 @@ def test_a_lookup_on_either_worker_is_answered_by_the_owner(kafka_broker, kafka_
         assert via_a["partition"] == via_b["partition"]
         assert via_a["model"]["windows_seen"] > 0 and via_b["model"]["windows_seen"] > 0
     # and each worker's board shows all advertisers, whichever worker owns them
-    for w in (a, b):
-        status, body = w.get("/board/api/top?limit=100")
-        assert status == 200
-        assert {r["advertiser_id"] for r in orjson.loads(body)["rows"]} == set(advertisers)
+    assert board_of(a) == board_of(b) == set(advertisers)
