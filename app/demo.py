@@ -1,9 +1,10 @@
 """``riskstream demo``: the whole product on one machine, alerts shown live.
 
 Starts (or reuses) a local broker, applies topics.yaml, starts one worker and the simulator
-(live mode, event time sped up so incidents happen within a minute or two), and prints one line
-per alert as enforcement would receive it. ``--duration`` ends it by itself; Ctrl-C stops
-everything it started, in reverse order, and waits for each process.
+(live mode, event time sped up so incidents happen within a minute or two), prints the risk
+board's address (``/board`` on the worker) and one line per alert as enforcement would receive
+it. ``--duration`` ends it by itself; Ctrl-C stops everything it started, in reverse order, and
+waits for each process.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def run_demo(args: Any, settings: Settings) -> int:
         port = env["RISKSTREAM_WEB_PORT"]
         print(f"demo: worker started (pid {worker.pid}); metrics http://127.0.0.1:{port}/metrics,"
               f" health http://127.0.0.1:{port}/readyz; log {work / 'worker.log'}")
+        print(f"demo: risk board at http://127.0.0.1:{port}/board (open it in a browser; "
+              f"lookups: http://127.0.0.1:{port}/advertisers/<id>)", flush=True)
         # One simulated day of traffic at the chosen speed; incidents start after ~30 minutes of
         # event time (half a minute at x60) and keep coming through the run.
         sim_seconds = args.duration if args.duration else 24 * 3600 / args.speedup

@@ -8,7 +8,8 @@
   and alert lifecycle, written only at checkpoints (see ``riskstream.engine``);
 * a reader of ``risk-model-control`` outside the consumer group, so *every* worker sees every
   model config (a Faust GlobalTable on a pre-declared topic hung the assignor in a trial);
-* web pages ``/livez``, ``/readyz`` and ``/metrics`` on the configured loopback address.
+* web pages ``/livez``, ``/readyz``, ``/metrics``, the lookup API and the risk board
+  (agents/web.py) on the configured loopback address.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RiskApp:
     bootstrap: str
     limits: Limits
     ready: bool = False
+    board: Any = None  # riskstream.board.RiskBoard, set by agents.web.register_web
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -109,6 +111,7 @@ def create_app(settings: Settings, bootstrap: str, *,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        canonical_url=settings.web_advertised_url or None,
         producer_acks=-1,
         producer_max_batch_size=settings.producer_max_batch_size,
         topic_allow_declare=True,

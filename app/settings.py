@@ -65,9 +65,24 @@ class Settings:
     data_dir: str = _setting(".riskstream/worker", "RISKSTREAM_DATA_DIR",
                              "Worker data directory (Faust table metadata).")
     web_host: str = _setting("127.0.0.1", "RISKSTREAM_WEB_HOST",
-                             "Bind address of the metrics/health web server.")
+                             "Bind address of the web server (health, metrics, lookup API, risk board).")
     web_port: int = _setting(6066, "RISKSTREAM_WEB_PORT",
-                             "Port of /metrics, /livez, /readyz.")
+                             "Port of /metrics, /livez, /readyz, /advertisers/{id}, /board.")
+    web_advertised_url: str = _setting(
+        "", "RISKSTREAM_WEB_ADVERTISED_URL",
+        "URL other workers use to reach this one (lookups are forwarded to the advertiser's "
+        "owner). Empty: http://<RISKSTREAM_WEB_HOST>:<RISKSTREAM_WEB_PORT>; set it (e.g. to "
+        "the pod IP) when binding 0.0.0.0.")
+    board_max_advertisers: int = _setting(
+        200_000, "RISKSTREAM_BOARD_MAX_ADVERTISERS",
+        "Advertisers the risk board keeps in memory (~1 KB each; least recently scored go "
+        "first). 0 disables the board's topic readers.")
+    board_lookback_s: int = _setting(
+        3600, "RISKSTREAM_BOARD_LOOKBACK_S",
+        "How far back in risk-scores the board starts reading when a worker starts.")
+    board_alerts_lookback_s: int = _setting(
+        86_400, "RISKSTREAM_BOARD_ALERTS_LOOKBACK_S",
+        "How far back in risk-alerts the board starts reading (open alerts' reasons).")
     log_level: str = _setting("INFO", "RISKSTREAM_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR.")
     checkpoint_interval_s: float = _setting(
         1.0, "RISKSTREAM_CHECKPOINT_INTERVAL_S",

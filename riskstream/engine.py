@@ -574,6 +574,17 @@ class RiskEngine:
     def iter_states(self) -> Iterator[AdvertiserState]:
         return iter(self._states.values())
 
+    def peek_state(self, partition: int, advertiser_id: str) -> AdvertiserState | None:
+        """Read-only look-up for the web API: the live state, else a copy decoded from the
+        store that is *not* kept (unlike ``state_of``), so a look-up never changes what the
+        engine holds, e.g. for a standby partition."""
+        key = advertiser_key(partition, advertiser_id)
+        st = self._states.get(key)
+        if st is None:
+            raw = self.store.get(key)
+            st = AdvertiserState.loads(raw) if raw is not None else None
+        return st
+
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)

@@ -385,10 +385,11 @@ class SimulatedCase:
 
 
 def simulated_case(tmp_path: Path, *, seed: int, advertisers: int, duration_s: int,
-                   spam_start_s: int) -> SimulatedCase:
+                   spam_start_s: int, **sim: Any) -> SimulatedCase:
     """A recent simulated stream (ending at the current minute, so the worker's age check
     passes) with one blatant click-spam incident, written to files, and the offline replay of
-    exactly those lines: what a live worker on the same input must produce."""
+    exactly those lines: what a live worker on the same input must produce. ``sim`` overrides
+    SimConfig fields (e.g. ``diurnal_amplitude=0.0``: the same traffic whatever the hour)."""
     from dataclasses import replace
 
     from app.factory import engine_config
@@ -401,7 +402,7 @@ def simulated_case(tmp_path: Path, *, seed: int, advertisers: int, duration_s: i
                     base_rate_per_s=6,
                     incidents=(IncidentSpec("click_spam", start_s=spam_start_s, duration_s=600,
                                             params=(("ctr_x", 10.0),)),))
-    cfg = replace(cfg, start_ms=now - now % 60_000 - duration_s * 1000)
+    cfg = replace(cfg, start_ms=now - now % 60_000 - duration_s * 1000, **sim)
     paths = {n: tmp_path / f"{n}.jsonl" for n in ("impressions", "feedback", "truth")}
     write_jsonl(cfg, str(paths["impressions"]), str(paths["feedback"]), str(paths["truth"]))
     imps, fbs = read_lines(paths["impressions"]), read_lines(paths["feedback"])
