@@ -449,7 +449,10 @@ def test_k8s_deployment():
     env_from = [e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e]
     assert env_from == [the("ConfigMap")["metadata"]["name"]]
     env = {e["name"]: e for e in container.get("env", [])}
-    assert set(env) <= set(SETTINGS_ENV)
+    # every variable is a setting, but for the pod IP the advertised URL is built from
+    assert set(env) - {"POD_IP"} <= set(SETTINGS_ENV)
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["RISKSTREAM_WEB_ADVERTISED_URL"]["value"] == f"http://$(POD_IP):{web_port}"
     assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
 
     res = container["resources"]
