@@ -86,6 +86,13 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def recovery_remaining(faust_app: faust.App) -> dict[str, int]:
+    """Changelog records still to restore, by kind (the ``riskstream_recovery_*`` series)."""
+    recovery = faust_app.tables.recovery
+    return {"active": recovery.active_remaining_total(),
+            "standby": recovery.standby_remaining_total()}
+
+
 def create_app(settings: Settings, bootstrap: str, *,
                registry: CollectorRegistry | None = None) -> RiskApp:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -114,6 +121,8 @@ def create_app(settings: Settings, bootstrap: str, *,
         topic_allow_declare=True,
     )
     metrics = Metrics(registry or CollectorRegistry())
+    metrics.track_runtime(lambda: faust_app.consumer.assignment(),
+                          lambda: recovery_remaining(faust_app))
     t = settings.topic
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     # Enforcement decisions are co-partitioned with the inputs (key advertiser_id), so a

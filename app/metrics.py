@@ -6,7 +6,11 @@ Names follow Prometheus conventions: ``riskstream_`` prefix, ``_total`` for coun
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 E2E_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 75, 90, 120, 180, 300, 600)
@@ -77,3 +81,47 @@ class Metrics:
             ["detector"], registry=registry)
         self.model_config_version = Gauge(
             "riskstream_model_config_version", "Model config version in force", registry=registry)
+
+    def track_runtime(self, assignment: Callable[[], Iterable[Any]],
+                      recovery_remaining: Callable[[], dict[str, int]]) -> None:
+        """Series read from the running consumer at scrape time (so they can never go stale):
+        ``assignment()`` returns the owned topic partitions (objects with ``.topic``),
+        ``recovery_remaining()`` the changelog records still to restore, by kind
+        (``active``, ``standby``)."""
+        self.registry.register(_RuntimeCollector(assignment, recovery_remaining))
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, assignment: Callable[[], Iterable[Any]],
+                 recovery_remaining: Callable[[], dict[str, int]]) -> None:
+        self._assignment = assignment
+        self._recovery = recovery_remaining
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # values exist only at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        owned = GaugeMetricFamily(
+            "riskstream_assigned_partitions",
+            "Partitions of each topic assigned to this worker's consumer (inputs: the ones it "
+            "processes; table changelogs: actives and standbys)", labels=["topic"])
+        counts: dict[str, int] = {}
+        try:
+            for tp in self._assignment():
+                counts[tp.topic] = counts.get(tp.topic, 0) + 1
+        except Exception:  # consumer not started yet / being replaced: report nothing
+            counts = {}
+        for topic, n in sorted(counts.items()):
+            owned.add_metric([topic], n)
+        yield owned
+        remaining = GaugeMetricFamily(
+            "riskstream_recovery_remaining_messages",
+            "Changelog records still to restore into the table (active: blocks readiness; "
+            "standby: replicas kept warm for failover)", labels=["kind"])
+        try:
+            values = self._recovery()
+        except Exception:
+            values = {}
+        for kind in ("active", "standby"):
+            remaining.add_metric([kind], float(values.get(kind, 0)))
+        yield remaining
