@@ -161,10 +161,13 @@ class TopicReader:
     """Reads a whole topic from the beginning with a fresh consumer, accumulating records.
 
     Partitions are *assigned* (group id fresh and unused for offsets), not subscribed: no
-    group join, so no rebalance delay on any broker kind.
+    group join, so no rebalance delay on any broker kind. Isolation is librdkafka's default,
+    ``read_committed``: records of aborted transactions are never seen.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **config: Any) -> None:
+        """``config``: extra consumer settings (e.g. ``{"isolation.level": ...}`` via
+        ``**{"isolation.level": "read_committed"}``)."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.topic = topic
@@ -175,6 +178,7 @@ class TopicReader:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            **config,
         })
         meta = self.consumer.list_topics(topic, timeout=30)
         tmeta = meta.topics.get(topic)
@@ -460,6 +464,65 @@ class TimedCase:
         return {(o.record["advertiser_id"], o.record["window"]["start"]): o.record["risk_score"]
                 for o in self.expected.outputs if o.kind == "score"}
 
+    def records(self, prefix: str) -> list[tuple[str, bytes, bytes]]:
+        """(topic, key, value) in event-time order, for :class:`Traffic`."""
+        topics = {"impression": f"{prefix}ad-impressions", "feedback": f"{prefix}user-feedback"}
+        return [(topics[kind], key, value) for kind, key, value in self.events]
+
+    def assert_live_output(self, bootstrap: str, prefix: str, timeout: float = 60.0,
+                           on_timeout: Callable[[], str] | None = None) -> dict[str, int]:
+        """Wait for every expected window score and alert on the output topics, then check
+        them against the replay: the same alert ids (nothing lost, nothing extra), one content
+        per id (a repeat after a redelivery is identical but for ``emitted_at``), and every
+        window's score equal to the replay's, repeats included. Returns counts."""
+        import orjson
+
+        exp_alerts, exp_scores = self.expected_alerts(), self.expected_scores()
+
+        def window(r: Record) -> tuple[str, int]:
+            rec = r.json()
+            return rec["advertiser_id"], rec["window"]["start"]
+
+        def missing(reader: TopicReader) -> str:
+            seen = {window(r) for r in reader.records}
+            gone = sorted(set(exp_scores) - seen)
+            return f"\nmissing {len(gone)} window(s), e.g. {gone[:6]}" + (
+                on_timeout() if on_timeout else "")
+
+        with TopicReader(bootstrap, f"{prefix}risk-scores") as scores, \
+                TopicReader(bootstrap, f"{prefix}risk-alerts") as alerts:
+            scores.wait_for(lambda rs: set(exp_scores) <= {window(r) for r in rs}, timeout,
+                            f"all {len(exp_scores)} window scores",
+                            on_timeout=lambda: missing(scores))
+            alerts.wait_for(lambda rs: set(exp_alerts) <= {r.json()["alert_id"] for r in rs},
+                            timeout, f"{len(exp_alerts)} alerts", on_timeout=on_timeout)
+            alerts.poll(1.0)  # anything extra would show up now
+            score_values: dict[tuple[str, int], set[float]] = {}
+            for r in scores.records:
+                score_values.setdefault(window(r), set()).add(r.json()["risk_score"])
+            contents: dict[str, set[bytes]] = {}
+            for r in alerts.records:
+                rec = r.json()
+                assert_valid("risk-alert.v1.json", rec)
+                contents.setdefault(rec["alert_id"], set()).add(orjson.dumps(
+                    {k: v for k, v in rec.items() if k != "emitted_at"},
+                    option=orjson.OPT_SORT_KEYS))
+            n_alert_records, n_score_records = len(alerts.records), len(scores.records)
+
+        assert set(contents) == set(exp_alerts), (sorted(set(exp_alerts) - set(contents)),
+                                                  sorted(set(contents) - set(exp_alerts)))
+        twice = {aid: len(c) for aid, c in contents.items() if len(c) > 1}
+        assert not twice, f"alert ids emitted with different content: {twice}"
+        for aid, content in contents.items():
+            live, off = orjson.loads(next(iter(content))), exp_alerts[aid]
+            assert (live["status"], live["severity"], live["risk_score"], live["reasons"]) == \
+                (off["status"], off["severity"], off["risk_score"], off["reasons"]), aid
+        assert set(score_values) == set(exp_scores)
+        wrong = {k: (v, exp_scores[k]) for k, v in score_values.items() if v != {exp_scores[k]}}
+        assert not wrong, f"window scores differ from the replay: {list(wrong.items())[:5]}"
+        return {"alerts": len(contents), "alert_repeats": n_alert_records - len(contents),
+                "windows": len(score_values), "score_repeats": n_score_records - len(score_values)}
+
 
 def timed_case(*, seed: int, advertisers: int, duration_s: int, spam_start_s: int,
                rate_per_s: float = 6, settings: Any = None) -> TimedCase:
@@ -520,6 +583,10 @@ class Traffic:
 
     def release_all(self) -> None:
         self.release(len(self.records))
+
+    def set_rate(self, rate: float) -> None:
+        """Pace from the next chunk on (records/s)."""
+        self.rate = rate
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is None:
