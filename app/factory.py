@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,18 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def _timed(fn: Any, histogram: Any) -> Any:
+    """``fn`` observing its wall time in ``histogram`` (instance-level wrapper: the engine
+    stays free of metrics)."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            histogram.observe(time.perf_counter() - started)
+    return timed
+
+
 def recovery_remaining(faust_app: faust.App) -> dict[str, int]:
     """Changelog records still to restore, by kind (the ``riskstream_recovery_*`` series)."""
     recovery = faust_app.tables.recovery
@@ -150,6 +163,8 @@ def create_app(settings: Settings, bootstrap: str, *,
     from agents.store import TableStore  # agents own the Faust-facing adapters
     engine = RiskEngine(engine_config(settings), TableStore(state_table),
                         initial_model_config(settings))
+    # riskstream_scoring_seconds: features, score, decide and learn for one closed window
+    engine._close_window = _timed(engine._close_window, metrics.scoring_seconds)
     risk_app = RiskApp(faust_app, engine, metrics, settings, topics, state_table, bootstrap,
                        limits_for(settings))
     metrics.model_config_version.set(engine.model_config.version)

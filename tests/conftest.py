@@ -469,6 +469,13 @@ class TimedCase:
         topics = {"impression": f"{prefix}ad-impressions", "feedback": f"{prefix}user-feedback"}
         return [(topics[kind], key, value) for kind, key, value in self.events]
 
+    def records_by_topic(self, prefix: str) -> dict[str, list[tuple[bytes, bytes]]]:
+        """(key, value) per topic, each in event-time order, for :func:`produce`."""
+        out: dict[str, list[tuple[bytes, bytes]]] = {}
+        for topic, key, value in self.records(prefix):
+            out.setdefault(topic, []).append((key, value))
+        return out
+
     def assert_live_output(self, bootstrap: str, prefix: str, timeout: float = 60.0,
                            on_timeout: Callable[[], str] | None = None) -> dict[str, int]:
         """Wait for every expected window score and alert on the output topics, then check
@@ -651,3 +658,17 @@ def traffic() -> Iterator[Callable[..., Traffic]]:
     yield make
     for t in made:
         t.close()
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of the executable ``name``; skips the test when it is missing, unless
+    ``RISKSTREAM_REQUIRE_TOOLS=1`` (CI), which makes a missing tool a failure."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package})"
+        if os.environ.get("RISKSTREAM_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"RISKSTREAM_REQUIRE_TOOLS=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    return path

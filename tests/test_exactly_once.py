@@ -59,9 +59,7 @@ def test_exactly_once_kill_leaves_no_duplicate_output(kafka_broker, kafka_topics
         pytest.skip("the embedded broker has no transactions")
     case = timed_case(seed=61, advertisers=12, duration_s=1800, spam_start_s=900)
     assert case.expected_alerts(), "test design: the incident must alert offline"
-    by_topic: dict[str, list] = {}
-    for topic, key, value in case.records(prefix):
-        by_topic.setdefault(topic, []).append((key, value))
+    by_topic = case.records_by_topic(prefix)
     for topic, records in by_topic.items():
         produce(bootstrap, topic, records)  # all input first: a deterministic replay
     n = sum(len(r) for r in by_topic.values())
