@@ -6,11 +6,9 @@ Names follow Prometheus conventions: ``riskstream_`` prefix, ``_total`` for coun
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 E2E_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 75, 90, 120, 180, 300, 600)
@@ -67,6 +65,14 @@ class Metrics:
         self.consumer_lag = Gauge(
             "riskstream_consumer_lag_messages", "Highwater minus next offset, per owned partition",
             ["topic", "partition"], registry=registry)
+        self.assigned_partitions = _ScrapeTimeGauge(
+            "riskstream_assigned_partitions",
+            "Partitions of each topic assigned to this worker's consumer (inputs: the ones it "
+            "processes; table changelogs: actives and standbys)", ["topic"], registry=registry)
+        self.recovery_remaining = _ScrapeTimeGauge(
+            "riskstream_recovery_remaining_messages",
+            "Changelog records still to restore into the table (active: blocks readiness; "
+            "standby: replicas kept warm for failover)", ["kind"], registry=registry)
         self.rebalances = Counter(
             "riskstream_rebalances_total", "Consumer group rebalances seen", registry=registry)
         self.ready = Gauge(
@@ -84,44 +90,39 @@ class Metrics:
 
     def track_runtime(self, assignment: Callable[[], Iterable[Any]],
                       recovery_remaining: Callable[[], dict[str, int]]) -> None:
-        """Series read from the running consumer at scrape time (so they can never go stale):
+        """Feed the scrape-time gauges from the running consumer (they can never go stale):
         ``assignment()`` returns the owned topic partitions (objects with ``.topic``),
         ``recovery_remaining()`` the changelog records still to restore, by kind
         (``active``, ``standby``)."""
-        self.registry.register(_RuntimeCollector(assignment, recovery_remaining))
+        def owned() -> dict[tuple[str, ...], float]:
+            counts: dict[tuple[str, ...], float] = {}
+            for tp in assignment():
+                counts[(tp.topic,)] = counts.get((tp.topic,), 0) + 1
+            return counts
+
+        def remaining() -> dict[tuple[str, ...], float]:
+            values = recovery_remaining()
+            return {(kind,): float(values.get(kind, 0)) for kind in ("active", "standby")}
+
+        self.assigned_partitions.refresh = owned
+        self.recovery_remaining.refresh = remaining
 
 
-class _RuntimeCollector(Collector):
-    def __init__(self, assignment: Callable[[], Iterable[Any]],
-                 recovery_remaining: Callable[[], dict[str, int]]) -> None:
-        self._assignment = assignment
-        self._recovery = recovery_remaining
+class _ScrapeTimeGauge(Gauge):
+    """A labelled gauge whose samples are replaced from ``refresh()`` (labels -> value) each
+    time it is collected; left as they were when ``refresh`` fails (consumer not started yet,
+    being replaced)."""
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(())  # values exist only at scrape time; nothing to check at registration
+    refresh: Callable[[], dict[tuple[str, ...], float]] | None = None
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        owned = GaugeMetricFamily(
-            "riskstream_assigned_partitions",
-            "Partitions of each topic assigned to this worker's consumer (inputs: the ones it "
-            "processes; table changelogs: actives and standbys)", labels=["topic"])
-        counts: dict[str, int] = {}
-        try:
-            for tp in self._assignment():
-                counts[tp.topic] = counts.get(tp.topic, 0) + 1
-        except Exception:  # consumer not started yet / being replaced: report nothing
-            counts = {}
-        for topic, n in sorted(counts.items()):
-            owned.add_metric([topic], n)
-        yield owned
-        remaining = GaugeMetricFamily(
-            "riskstream_recovery_remaining_messages",
-            "Changelog records still to restore into the table (active: blocks readiness; "
-            "standby: replicas kept warm for failover)", labels=["kind"])
-        try:
-            values = self._recovery()
-        except Exception:
-            values = {}
-        for kind in ("active", "standby"):
-            remaining.add_metric([kind], float(values.get(kind, 0)))
-        yield remaining
+    def collect(self) -> Any:
+        if self.refresh is not None:
+            try:
+                values = self.refresh()
+            except Exception:  # noqa: BLE001 - a scrape must never fail on this
+                values = None
+            if values is not None:
+                self.clear()
+                for labels, value in values.items():
+                    self.labels(*labels).set(value)
+        return super().collect()
