@@ -49,7 +49,7 @@ def test_burst_is_absorbed_lag_drains_memory_bounded(kafka_broker, kafka_topics,
                       settings=Settings(allowed_lateness_seconds=LATENESS_S))
     records = case.records(prefix)
     n = len(records)
-    steady_1, burst_end = n // 4, n * 3 // 4  # the middle half comes as the burst
+    steady_1, burst_end = n // 8, n * 7 // 8  # three quarters come as the burst
     w = worker(prefix, RISKSTREAM_ALLOWED_LATENESS_SECONDS=str(LATENESS_S))
     rss_idle = _rss_mb(w.proc.pid)
     feed = traffic(bootstrap, records, rate=STEADY)

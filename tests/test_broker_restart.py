@@ -1,4 +1,4 @@
-"""Apache Kafka stops for ~12 s in the middle of the traffic and starts again on the same port
+"""Apache Kafka stops for 10 s in the middle of the traffic and starts again on the same port
 with the same data dir: the running worker stays alive, reconnects and resumes by itself, and
 the final alerts and scores equal the offline replay (nothing lost, no id with two contents).
 
@@ -31,7 +31,7 @@ from tests.conftest_brokers import broker_selection
 pytestmark = pytest.mark.integration
 
 LATENESS_S = 300  # see tests/test_scale.py: paced traffic, replay parity
-DOWN_S = 12.0     # the issue asks for 10-30 s
+DOWN_S = 10.0     # the issue asks for 10-30 s
 
 
 @dataclass
@@ -79,15 +79,15 @@ def test_worker_resumes_by_itself_after_a_broker_restart(kafka_broker, kafka_top
     assert case.expected_alerts(), "test design: the incident must alert offline"
     records = case.records(prefix)
     n = len(records)
-    feed = traffic(bootstrap, records, rate=500)
-    feed.release(n // 3)
+    feed = traffic(bootstrap, records, rate=1000)
+    feed.release(n // 6)
     w = worker(prefix, RISKSTREAM_ALLOWED_LATENESS_SECONDS=str(LATENESS_S))
-    wait_until(lambda: _consumed(w) >= n // 4, 60, "the worker processing traffic",
+    wait_until(lambda: _consumed(w) >= n // 8, 60, "the worker processing traffic",
                on_timeout=w.log_tail)
 
-    slow = 50  # records/s, ~8 event-time s per wall s: 12 s away = ~100 s < lateness
+    slow = 50  # records/s, ~8 event-time s per wall s: 10 s away = ~80 s < lateness
     feed.set_rate(slow)
-    feed.release(n // 3 + int(slow * (DOWN_S + 10)))  # keeps coming while the broker is away
+    feed.release(n // 6 + int(slow * (DOWN_S + 10)))  # keeps coming while the broker is away
     kafka_broker.stop()
     down_at = time.monotonic()
     while time.monotonic() - down_at < DOWN_S:  # the outage itself: its length is the fault
@@ -100,7 +100,7 @@ def test_worker_resumes_by_itself_after_a_broker_restart(kafka_broker, kafka_top
     wait_until(lambda: _consumed(w) >= feed.sent, 60, "the worker resuming",
                on_timeout=w.log_tail)
     resumed_s = time.monotonic() - up_at
-    feed.set_rate(500)
+    feed.set_rate(1000)
     feed.release_all()
     feed.wait_delivered(timeout=120)
     wait_until(lambda: _consumed(w) >= n, 120, f"all {n} events processed after the restart",
