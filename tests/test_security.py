@@ -1,8 +1,10 @@
-"""Security basics (unit level, fakes for the network clients): SASL/SCRAM and TLS settings from
+"""Security basics. Unit level (fakes for the network clients): SASL/SCRAM and TLS settings from
 the environment reach every Kafka client riskstream builds -- the Faust app (aiokafka), the
 worker's model-control reader, and the confluent-kafka producers/consumers/admin behind
 ``riskstream topics``, ``simulate``, ``models`` and ``alerts`` -- and the password never shows
-in logs, reprs or ``riskstream settings``; the web server binds where it is told.
+in logs, reprs or ``riskstream settings``; the web server binds where it is told. For real: an
+Apache Kafka SASL_PLAINTEXT listener with a SCRAM-SHA-512 user refuses a wrong password, and the
+CLI (``topics apply``, ``simulate``) and a worker work through it without logging the password.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +169,100 @@ def test_web_server_binds_to_the_configured_address(tmp_path):
     conf = create_app(s, "127.0.0.1:9").faust_app.conf
     assert (conf.web_bind, conf.web_port) == ("::1", 16066)
     assert str(conf.canonical_url) == "http://[::1]:16066"
+
+
+# -- the real thing: SCRAM-SHA-512 on an Apache Kafka SASL listener ---------------------------
+SCRAM_USER, SCRAM_PASSWORD = "riskstream-svc", "scram-Pa55-" + "x" * 12
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    """Apache Kafka with a second listener, SASL_PLAINTEXT + SCRAM-SHA-512, and one SCRAM user
+    (created over the PLAINTEXT listener). ``.bootstrap`` is the SASL listener."""
+    from dataclasses import replace
+
+    from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialUpsertion)
+
+    from app import brokers
+    from tests.conftest_brokers import broker_selection
+
+    kind, reason = broker_selection()
+    if kind != "apache":
+        pytest.skip(f"needs a local Apache Kafka with a SASL listener ({reason})")
+    host = brokers.HOST
+    port = brokers.free_port()
+    controller = brokers.free_port(exclude={port})
+    sasl = brokers.free_port(exclude={port, controller})
+    config = {
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller},"
+                     f"SASL_PLAINTEXT://{host}:{sasl}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port},SASL_PLAINTEXT://{host}:{sasl}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+                                          "SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+    }
+    info = brokers.start_apache_kafka(Path(tmp_path_factory.mktemp("kafka-scram")), port,
+                                      controller_port=controller, config=config,
+                                      die_with_parent=True)
+    try:
+        admin = AdminClient({"bootstrap.servers": info.bootstrap})
+        futures = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            SCRAM_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096),
+            SCRAM_PASSWORD.encode())])
+        for f in futures.values():
+            f.result(30)
+        yield replace(info, bootstrap=f"{host}:{sasl}")
+    finally:
+        brokers.stop(info)
+
+
+def _scram_env(bootstrap: str, password: str = SCRAM_PASSWORD) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": SCRAM_USER,
+            "KAFKA_SASL_PASSWORD": password}
+
+
+@pytest.mark.integration
+def test_worker_and_cli_talk_scram_to_apache_kafka_and_never_log_the_password(
+        kafka_broker, worker, topic_prefix):
+    import os
+    import subprocess
+    import sys
+
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from tests.conftest import wait_until
+
+    bootstrap = kafka_broker.bootstrap
+    # the listener really demands the password: a wrong one is refused
+    wrong = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
+                         **cli.client_config(Settings.from_env(_scram_env(bootstrap, "nope"))),
+                         })
+    with pytest.raises(KafkaException):
+        wrong.list_topics(timeout=5)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "RISKSTREAM_"))}
+    env.update(_scram_env(bootstrap), RISKSTREAM_TOPIC_PREFIX=topic_prefix)
+
+    def run(*argv: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "app.cli", *argv], env=env,
+                             capture_output=True, text=True, timeout=120)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, f"riskstream {' '.join(argv)}: {out[-2000:]}"
+        assert SCRAM_PASSWORD not in out
+        return out
+
+    assert "created" in run("topics", "apply")
+    out = run("simulate", "--advertisers", "3", "--duration", "300", "--base-rate", "5",
+              "--max-events", "200", "--max-seconds", "60", "--incidents", "none")
+    assert "0 failed" in out
+    w = worker(topic_prefix, **_scram_env(bootstrap))
+    wait_until(lambda: w.metrics().get("riskstream_events_consumed_total", 0) >= 200, 60,
+               "the worker consuming over SASL", on_timeout=w.log_tail)
+    log = w.log_path.read_text(errors="replace")
+    assert SCRAM_PASSWORD not in log
+    assert "Authentication failed" not in log and "SaslAuthentication" not in log
