@@ -120,6 +120,10 @@ def test_one_three_two_workers_share_partitions_and_alert_like_one(
         feed.release_all()
         spreads.append(_settle([a, b], prefix, n, feed, scores, exp_scores,
                                advertiser_partition))
+    with TopicReader(bootstrap, f"{prefix}risk-dead-letter") as dead:
+        dead.poll(1.0)  # all input is valid: a dead letter here (late_event) explains a miss
+        assert not dead.records, [(r.json()["reason"], r.json()["source"])
+                                  for r in dead.records[:5]]
     out = case.assert_live_output(bootstrap, prefix, on_timeout=lambda: a.log_tail(30))
     print(f"\nscale: {n} events, partitions per worker after each step {spreads}; 1->3 settled "
           f"and caught up {scale_out_s:.1f}s after the second worker's start, 3->2 "
