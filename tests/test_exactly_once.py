@@ -3,14 +3,14 @@ middle of its input is replaced, and a ``read_committed`` consumer of the output
 window score and alert exactly once -- no duplicate record at all, not merely duplicate ids with
 the same content (which at-least-once allows) -- and the same ids and scores as the replay.
 
-KNOWN TO FAIL (xfail, strict): faust-streaming 0.15.3's transactions cover the table changelog
-and the consumed offsets only. Its TransactionManager routes a send into a transaction through
-the consumer's metadata and the assignor's topic groups, which know no output topic, so
-risk-scores / risk-alerts / risk-dead-letter go through the plain producer: after a kill, outputs
-since the last commit are emitted again (66 repeated score records in one run), and once the
-replacement's alert differed from the replay in its feature baselines. The fix needs the agent
-(agents/events.py) -- see docs/faults.md. The test takes ~45 s, so it runs only with
-RISKSTREAM_TEST_EXACTLY_ONCE=1.
+KNOWN TO FAIL (xfail, strict): faust-streaming 0.15.3 commits the consumed offsets through
+transactional producers, but its TransactionManager routes a send into a transaction through the
+consumer's metadata and the assignor's topic groups, which know no output topic, so risk-scores /
+risk-alerts / risk-dead-letter go through the plain producer (no transaction markers on
+risk-scores): after a kill, outputs since the last commit are emitted again (66 repeated score
+records in one run), and once the replacement's alert differed from the replay in its feature
+baselines. The fix needs the agent (agents/events.py) -- see docs/faults.md. The test takes
+~45 s, so it runs only with RISKSTREAM_TEST_EXACTLY_ONCE=1.
 
 Broker behaviour relied on: Faust's transactional producers (one transactional id per input
 partition) put outputs, changelog writes and the consumed offsets in one transaction; a new
