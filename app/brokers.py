@@ -770,3 +770,16 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
 
+
+
+def start_again(info: BrokerInfo, **kwargs: Any) -> BrokerInfo:
+    """Start a stopped local Apache Kafka broker again on the same address with its data kept:
+    a broker restart as clients see it (they reconnect to the address they know). ``kwargs``
+    go to :func:`start_apache_kafka` (e.g. ``die_with_parent``). The embedded broker keeps no
+    data, so restarting it would be a different cluster: refused."""
+    if info.kind != "apache" or info.state_dir is None:
+        raise BrokerError(f"only a local apache broker can be started again, not {info.kind}")
+    if pid_alive(info.pid, info.pid_start):
+        raise BrokerAlreadyRunning(info)
+    port = int(info.bootstrap.rsplit(":", 1)[1])
+    return start_apache_kafka(info.state_dir, port, **kwargs)

@@ -127,6 +127,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         args.bootstrap = resolve_bootstrap(settings, args.bootstrap)
     if getattr(args, "topic_prefix", None) is None:
         args.topic_prefix = settings.topic_prefix
+    # the same SASL/TLS settings as every other client (explicit producer_config wins)
+    args.producer_config = {**client_config(settings),
+                            **(getattr(args, "producer_config", None) or {})}
     return simulate.run(args)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,25 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def _timed(fn: Any, histogram: Any) -> Any:
+    """``fn`` observing its wall time in ``histogram`` (instance-level wrapper: the engine
+    stays free of metrics)."""
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            histogram.observe(time.perf_counter() - started)
+    return timed
+
+
+def recovery_remaining(faust_app: faust.App) -> dict[str, int]:
+    """Changelog records still to restore, by kind (the ``riskstream_recovery_*`` series)."""
+    recovery = faust_app.tables.recovery
+    return {"active": recovery.active_remaining_total(),
+            "standby": recovery.standby_remaining_total()}
+
+
 def create_app(settings: Settings, bootstrap: str, *,
                registry: CollectorRegistry | None = None) -> RiskApp:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -108,7 +128,8 @@ def create_app(settings: Settings, bootstrap: str, *,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=settings.standby_replicas,
         web_enabled=True,
-        web_host=settings.web_host,
+        # web_host makes the worker's canonical URL: an IPv6 literal needs brackets there
+        web_host=f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
         canonical_url=settings.web_advertised_url or None,
@@ -117,6 +138,8 @@ def create_app(settings: Settings, bootstrap: str, *,
         topic_allow_declare=True,
     )
     metrics = Metrics(registry or CollectorRegistry())
+    metrics.track_runtime(lambda: faust_app.consumer.assignment(),
+                          lambda: recovery_remaining(faust_app))
     t = settings.topic
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     # Enforcement decisions are co-partitioned with the inputs (key advertiser_id), so a
@@ -143,6 +166,8 @@ def create_app(settings: Settings, bootstrap: str, *,
     from agents.store import TableStore  # agents own the Faust-facing adapters
     engine = RiskEngine(engine_config(settings), TableStore(state_table),
                         initial_model_config(settings))
+    # riskstream_scoring_seconds: features, score, decide and learn for one closed window
+    engine._close_window = _timed(engine._close_window, metrics.scoring_seconds)
     risk_app = RiskApp(faust_app, engine, metrics, settings, topics, state_table, bootstrap,
                        limits_for(settings))
     metrics.model_config_version.set(engine.model_config.version)

@@ -6,6 +6,8 @@ Names follow Prometheus conventions: ``riskstream_`` prefix, ``_total`` for coun
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -63,6 +65,14 @@ class Metrics:
         self.consumer_lag = Gauge(
             "riskstream_consumer_lag_messages", "Highwater minus next offset, per owned partition",
             ["topic", "partition"], registry=registry)
+        self.assigned_partitions = _ScrapeTimeGauge(
+            "riskstream_assigned_partitions",
+            "Partitions of each topic assigned to this worker's consumer (inputs: the ones it "
+            "processes; table changelogs: actives and standbys)", ["topic"], registry=registry)
+        self.recovery_remaining = _ScrapeTimeGauge(
+            "riskstream_recovery_remaining_messages",
+            "Changelog records still to restore into the table (active: blocks readiness; "
+            "standby: replicas kept warm for failover)", ["kind"], registry=registry)
         self.rebalances = Counter(
             "riskstream_rebalances_total", "Consumer group rebalances seen", registry=registry)
         self.ready = Gauge(
@@ -77,3 +87,42 @@ class Metrics:
             ["detector"], registry=registry)
         self.model_config_version = Gauge(
             "riskstream_model_config_version", "Model config version in force", registry=registry)
+
+    def track_runtime(self, assignment: Callable[[], Iterable[Any]],
+                      recovery_remaining: Callable[[], dict[str, int]]) -> None:
+        """Feed the scrape-time gauges from the running consumer (they can never go stale):
+        ``assignment()`` returns the owned topic partitions (objects with ``.topic``),
+        ``recovery_remaining()`` the changelog records still to restore, by kind
+        (``active``, ``standby``)."""
+        def owned() -> dict[tuple[str, ...], float]:
+            counts: dict[tuple[str, ...], float] = {}
+            for tp in assignment():
+                counts[(tp.topic,)] = counts.get((tp.topic,), 0) + 1
+            return counts
+
+        def remaining() -> dict[tuple[str, ...], float]:
+            values = recovery_remaining()
+            return {(kind,): float(values.get(kind, 0)) for kind in ("active", "standby")}
+
+        self.assigned_partitions.refresh = owned
+        self.recovery_remaining.refresh = remaining
+
+
+class _ScrapeTimeGauge(Gauge):
+    """A labelled gauge whose samples are replaced from ``refresh()`` (labels -> value) each
+    time it is collected; left as they were when ``refresh`` fails (consumer not started yet,
+    being replaced)."""
+
+    refresh: Callable[[], dict[tuple[str, ...], float]] | None = None
+
+    def collect(self) -> Any:
+        if self.refresh is not None:
+            try:
+                values = self.refresh()
+            except Exception:  # noqa: BLE001 - a scrape must never fail on this
+                values = None
+            if values is not None:
+                self.clear()
+                for labels, value in values.items():
+                    self.labels(*labels).set(value)
+        return super().collect()

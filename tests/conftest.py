@@ -161,10 +161,13 @@ class TopicReader:
     """Reads a whole topic from the beginning with a fresh consumer, accumulating records.
 
     Partitions are *assigned* (group id fresh and unused for offsets), not subscribed: no
-    group join, so no rebalance delay on any broker kind.
+    group join, so no rebalance delay on any broker kind. Isolation is librdkafka's default,
+    ``read_committed``: records of aborted transactions are never seen.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **config: Any) -> None:
+        """``config``: extra consumer settings (e.g. ``{"isolation.level": ...}`` via
+        ``**{"isolation.level": "read_committed"}``)."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.topic = topic
@@ -175,6 +178,7 @@ class TopicReader:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            **config,
         })
         meta = self.consumer.list_topics(topic, timeout=30)
         tmeta = meta.topics.get(topic)
@@ -408,3 +412,264 @@ def simulated_case(tmp_path: Path, *, seed: int, advertisers: int, duration_s: i
     imps, fbs = read_lines(paths["impressions"]), read_lines(paths["feedback"])
     expected = replay(imps, fbs, engine_config=engine_config(Settings()), partitions=6)
     return SimulatedCase(cfg, imps, fbs, expected)
+
+
+# -- fault tests: labelled metrics, polling, a paced producer, a time-ordered case -----------
+def labelled_metrics(w: Worker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` samples keyed by (name, sorted label pairs), unsummed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = w.get("/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+
+
+def owned_partitions(w: Worker, topic: str) -> int:
+    """How many partitions of ``topic`` the worker's consumer holds (0 if none / no answer)."""
+    try:
+        samples = labelled_metrics(w)
+    except (OSError, AssertionError):
+        return 0
+    return int(samples.get(("riskstream_assigned_partitions", (("topic", topic),)), 0))
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str,
+               on_timeout: Callable[[], str] | None = None, interval: float = 0.25) -> Any:
+    """Poll ``check()`` until it returns something truthy (returned), or fail after
+    ``timeout`` seconds saying ``what`` was awaited (plus ``on_timeout()``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = on_timeout() if on_timeout else ""
+            pytest.fail(f"{what}: not reached within {timeout:.0f}s {extra}", pytrace=False)
+        time.sleep(interval)  # polling interval of a condition, not a synchronisation guess
+
+
+@dataclass
+class TimedCase:
+    """A recent simulated stream in event-time order (both topics merged) and the offline
+    replay of exactly those events with ``settings``: what live workers must produce."""
+    events: list[tuple[str, bytes, bytes]]  # (kind "impression" | "feedback", key, value)
+    impressions: list[bytes]
+    feedback: list[bytes]
+    expected: Any  # ReplayResult
+
+    def expected_alerts(self) -> dict[str, dict]:
+        return {a["alert_id"]: a for a in self.expected.alerts()}
+
+    def expected_scores(self) -> dict[tuple[str, int], float]:
+        return {(o.record["advertiser_id"], o.record["window"]["start"]): o.record["risk_score"]
+                for o in self.expected.outputs if o.kind == "score"}
+
+    def records(self, prefix: str) -> list[tuple[str, bytes, bytes]]:
+        """(topic, key, value) in event-time order, for :class:`Traffic`."""
+        topics = {"impression": f"{prefix}ad-impressions", "feedback": f"{prefix}user-feedback"}
+        return [(topics[kind], key, value) for kind, key, value in self.events]
+
+    def records_by_topic(self, prefix: str) -> dict[str, list[tuple[bytes, bytes]]]:
+        """(key, value) per topic, each in event-time order, for :func:`produce`."""
+        out: dict[str, list[tuple[bytes, bytes]]] = {}
+        for topic, key, value in self.records(prefix):
+            out.setdefault(topic, []).append((key, value))
+        return out
+
+    def assert_live_output(self, bootstrap: str, prefix: str, timeout: float = 60.0,
+                           on_timeout: Callable[[], str] | None = None) -> dict[str, int]:
+        """Wait for every expected window score and alert on the output topics, then check
+        them against the replay: the same alert ids (nothing lost, nothing extra), one content
+        per id (a repeat after a redelivery is identical but for ``emitted_at``), and every
+        window's score equal to the replay's, repeats included. Returns counts."""
+        import orjson
+
+        exp_alerts, exp_scores = self.expected_alerts(), self.expected_scores()
+
+        def window(r: Record) -> tuple[str, int]:
+            rec = r.json()
+            return rec["advertiser_id"], rec["window"]["start"]
+
+        def missing(reader: TopicReader) -> str:
+            seen = {window(r) for r in reader.records}
+            gone = sorted(set(exp_scores) - seen)
+            return f"\nmissing {len(gone)} window(s), e.g. {gone[:6]}" + (
+                on_timeout() if on_timeout else "")
+
+        with TopicReader(bootstrap, f"{prefix}risk-scores") as scores, \
+                TopicReader(bootstrap, f"{prefix}risk-alerts") as alerts:
+            scores.wait_for(lambda rs: set(exp_scores) <= {window(r) for r in rs}, timeout,
+                            f"all {len(exp_scores)} window scores",
+                            on_timeout=lambda: missing(scores))
+            alerts.wait_for(lambda rs: set(exp_alerts) <= {r.json()["alert_id"] for r in rs},
+                            timeout, f"{len(exp_alerts)} alerts", on_timeout=on_timeout)
+            alerts.poll(1.0)  # anything extra would show up now
+            score_values: dict[tuple[str, int], set[float]] = {}
+            for r in scores.records:
+                score_values.setdefault(window(r), set()).add(r.json()["risk_score"])
+            contents: dict[str, set[bytes]] = {}
+            for r in alerts.records:
+                rec = r.json()
+                assert_valid("risk-alert.v1.json", rec)
+                contents.setdefault(rec["alert_id"], set()).add(orjson.dumps(
+                    {k: v for k, v in rec.items() if k != "emitted_at"},
+                    option=orjson.OPT_SORT_KEYS))
+            n_alert_records, n_score_records = len(alerts.records), len(scores.records)
+
+        assert set(contents) == set(exp_alerts), (sorted(set(exp_alerts) - set(contents)),
+                                                  sorted(set(contents) - set(exp_alerts)))
+        twice = {aid: len(c) for aid, c in contents.items() if len(c) > 1}
+        assert not twice, f"alert ids emitted with different content: {twice}"
+        for aid, content in contents.items():
+            live, off = orjson.loads(next(iter(content))), exp_alerts[aid]
+            assert (live["status"], live["severity"], live["risk_score"], live["reasons"]) == \
+                (off["status"], off["severity"], off["risk_score"], off["reasons"]), aid
+        assert set(score_values) == set(exp_scores)
+        wrong = {k: (v, exp_scores[k]) for k, v in score_values.items() if v != {exp_scores[k]}}
+        assert not wrong, f"window scores differ from the replay: {list(wrong.items())[:5]}"
+        return {"alerts": len(contents), "alert_repeats": n_alert_records - len(contents),
+                "windows": len(score_values), "score_repeats": n_score_records - len(score_values)}
+
+
+def timed_case(*, seed: int, advertisers: int, duration_s: int, spam_start_s: int,
+               rate_per_s: float = 6, settings: Any = None) -> TimedCase:
+    from dataclasses import replace
+
+    from app.factory import engine_config
+    from app.settings import Settings
+    from riskstream.backtest import replay
+    from riskstream.simulate import IncidentSpec, SimConfig, generate
+
+    now = int(time.time() * 1000)
+    cfg = SimConfig(seed=seed, advertisers=advertisers, duration_s=duration_s,
+                    base_rate_per_s=rate_per_s,
+                    incidents=(IncidentSpec("click_spam", start_s=spam_start_s, duration_s=600,
+                                            params=(("ctr_x", 10.0),)),))
+    cfg = replace(cfg, start_ms=now - now % 60_000 - duration_s * 1000)
+    events = list(generate(cfg))
+    imps = [v for k, _, v in events if k == "impression"]
+    fbs = [v for k, _, v in events if k != "impression"]
+    expected = replay(imps, fbs, engine_config=engine_config(settings or Settings()),
+                      partitions=6)
+    return TimedCase(events, imps, fbs, expected)
+
+
+class Traffic:
+    """Produces records to their topics from a background thread, in order, paced at
+    ``rate`` records/s, up to a limit the test raises with ``release(n)`` (so phases of a
+    test overlap with traffic). One idempotent murmur2 producer: per-partition order holds
+    and a broker outage is ridden out with retries (``message.timeout.ms`` 120 s).
+    ``close()`` stops it; ``delivered`` counts acknowledged records, ``errors`` lists
+    failures."""
+
+    def __init__(self, bootstrap: str, records: Sequence[tuple[str, bytes | None, bytes]],
+                 rate: float, chunk: int = 50) -> None:
+        import threading
+
+        from confluent_kafka import Producer
+
+        self.records = list(records)
+        self.rate, self.chunk = rate, chunk
+        self.limit = 0
+        self.sent = 0
+        self.delivered = 0
+        self.errors: list[str] = []
+        self._stop = False
+        self._cond = threading.Condition()
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "acks": "all",
+            "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 120_000,
+            "reconnect.backoff.max.ms": 1000, "log_level": 0})
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.limit = min(max(self.limit, n), len(self.records))
+            self._cond.notify_all()
+
+    def release_all(self) -> None:
+        self.release(len(self.records))
+
+    def set_rate(self, rate: float) -> None:
+        """Pace from the next chunk on (records/s)."""
+        self.rate = rate
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.errors.append(str(err))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and self.sent >= self.limit:
+                    self._producer.poll(0)
+                    self._cond.wait(0.1)
+                if self._stop:
+                    return
+                upto = min(self.limit, self.sent + self.chunk)
+            started = time.monotonic()
+            for topic, key, value in self.records[self.sent:upto]:
+                while True:
+                    try:
+                        self._producer.produce(topic, value=value, key=key,
+                                               on_delivery=self._on_delivery)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+            n = upto - self.sent
+            self.sent = upto
+            self._producer.poll(0)
+            time.sleep(max(n / self.rate - (time.monotonic() - started), 0))
+
+    def wait_delivered(self, n: int | None = None, timeout: float = 60.0) -> None:
+        """Every released record (or the first ``n``) acknowledged by the broker."""
+        want = self.limit if n is None else n
+        deadline = time.monotonic() + timeout
+        while self.delivered < want:
+            assert not self.errors, f"produce errors: {self.errors[:5]}"
+            assert time.monotonic() < deadline, \
+                f"traffic: {self.delivered}/{want} delivered after {timeout:.0f}s"
+            self._producer.poll(0.1) if not self._thread.is_alive() else time.sleep(0.1)
+        assert not self.errors, f"produce errors: {self.errors[:5]}"
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(10)
+        self._producer.flush(10)
+
+
+@pytest.fixture
+def traffic() -> Iterator[Callable[..., Traffic]]:
+    """Factory: ``traffic(bootstrap, records, rate)`` -> a started :class:`Traffic`; closed at
+    teardown."""
+    made: list[Traffic] = []
+
+    def make(bootstrap: str, records: Sequence[tuple[str, bytes | None, bytes]],
+             rate: float, chunk: int = 50) -> Traffic:
+        t = Traffic(bootstrap, records, rate, chunk)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of the executable ``name``; skips the test when it is missing, unless
+    ``RISKSTREAM_REQUIRE_TOOLS=1`` (CI), which makes a missing tool a failure."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package})"
+        if os.environ.get("RISKSTREAM_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"RISKSTREAM_REQUIRE_TOOLS=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    return path
