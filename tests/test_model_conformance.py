@@ -529,6 +529,21 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'8734,4.96091]},"levels":{"mean_dwell_ms":[10.021,0.465551,0.299652],"median_click_delay_'
         b'ms":[7.99184,0.267781,0.299652],"impressions_per_user":[0.732028,0.205152,0.313659],"mea'
         b'n_rating":[1.60663,0.232262,0.240707]},"seen":10}'),
+    # robust-baseline "4": deception_rate (reports/complaints citing scam, misleading, counterfeit
+    # or not received), a one-sided CUSUM on ctr and deception_rate ("cusum"), and a cohort prior
+    # worth at least 3 expected events per rate.
+    ("robust-baseline", "4"): orjson.loads(
+        b'{"rates":{"ctr":[29.4647,1572.68,11.4994,654.895,15.6525,879.406],"fast_click_share":[3.81'
+        b'277,74.6682,0.430467,11.4994,0.783743,15.6525],"short_dwell_share":[3.67284,44.763,0.43046'
+        b'7,11.4994,0.783743,15.6525],"report_rate":[2.94356,8355.56,0.0,654.895,0.0,879.406],"hide_'
+        b'rate":[5.47517,2284.73,1.80876,654.895,2.56173,879.406],"not_interested_rate":[2.77257,235'
+        b'9.98,0.0,654.895,0.0,879.406],"scam_report_rate":[2.97085,15854.9,0.0,654.895,0.0,879.406]'
+        b',"complaints_per_impression":[2.9955,100854.0,0.0,654.895,0.0,879.406],"harm_rate":[2.9305'
+        b'4,6855.87,0.0,654.895,0.0,879.406],"low_rating_share":[2.9775,20.85,0.0,0.9,0.0,0.97],"dec'
+        b'eption_rate":[2.99105,50854.5,0.0,654.895,0.0,879.406]},"levels":{"mean_dwell_ms":[9.96989'
+        b',0.429713,0.285359],"median_click_delay_ms":[7.92828,0.311451,0.285359],"impressions_per_u'
+        b'ser":[0.733653,0.204965,0.313659],"mean_rating":[1.61308,0.245652,0.1768]},"cusum":{"ctr":'
+        b'[0.0,0.0,0.0],"deception_rate":[0.0,0.0,0.0]},"seen":10}'),
 }
 
 
@@ -548,6 +563,20 @@ def test_stored_state_of_current_version_loads(spec: str, version: str) -> None:
         m.explain(x)
         m.learn_one(x)
     assert orjson.loads(st.dumps())["models"][spec]["version"] == version
+
+
+def test_robust_baseline_loads_a_v3_state_into_the_current_model() -> None:
+    """The engine starts a new spec version from the cohort prior, but the model itself still
+    reads a v3 state: what v3 lacks (deception_rate, cusum) starts at the prior."""
+    m = create("robust-baseline")
+    m.load_state(GOLDEN_STATES["robust-baseline", "3"])
+    assert m.windows_seen == 10
+    assert m.state()["rates"]["ctr"] == GOLDEN_STATES["robust-baseline", "3"]["rates"]["ctr"]
+    assert m.state()["cusum"]["ctr"] == [0.0, 0.0, 0.0]
+    for x in normal_windows(5, seed=71) + [click_spam_window()]:
+        assert_score(m.score_one(x), "robust-baseline v3 state in the current model")
+        m.learn_one(x)
+    assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
 
 
 # -- (k) restricted unpickler --------------------------------------------------------------------

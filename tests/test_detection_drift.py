@@ -1,0 +1,131 @@
+"""robust-baseline v4: the drift detector (one-sided Poisson CUSUM), deception signals and the
+cohort prior's event floor. Unit tests on plain feature dicts (fast, no broker)."""
+
+from __future__ import annotations
+
+import math
+
+from models.baseline import CUSUM_RATIOS, DEFAULT_PRIORS, PRIOR_EVENTS, RobustBaseline
+from riskstream.decision import DecisionConfig
+from riskstream.features import window_features
+from riskstream.windows import AdvertiserWindow
+
+THRESHOLD = DecisionConfig().threshold
+
+
+def window(imps: float, clicks: float, deception: float = 0.0) -> dict[str, float]:
+    return {"impressions": imps, "clicks": clicks, "ctr": clicks / imps if imps else 0.0,
+            "deception_signals": deception, "deception_rate": deception / imps if imps else 0.0}
+
+
+def trained(windows: int = 120, imps: float = 50.0, clicks: float = 0.5) -> RobustBaseline:
+    m = RobustBaseline()
+    for _ in range(windows):
+        m.learn_one(window(imps, clicks))
+    return m
+
+
+def run(m: RobustBaseline, xs: list[dict[str, float]]) -> list[float]:
+    """Score then learn (or observe when flagged), as the engine does; the risk per window."""
+    risks = []
+    for x in xs:
+        r = m.score_one(x)
+        risks.append(r)
+        if r >= THRESHOLD:
+            m.observe_flagged(x)
+        else:
+            m.learn_one(x)
+    return risks
+
+
+RAMP = [window(50.0, 0.5 * (1.0 + 4.0 * min(i / 30.0, 1.0))) for i in range(40)]
+
+
+def test_slow_ctr_ramp_at_low_volume_crosses_the_threshold() -> None:
+    """50 impressions a minute at 1% CTR, then CTR climbs linearly to x5 over 30 windows and
+    stays: no window alone is remarkable (1-3 clicks), the drift statistic is."""
+    risks = run(trained(), RAMP)
+    assert max(risks) >= THRESHOLD
+    # a single window of the ramp's end, judged on its own, is not enough
+    assert trained().score_one(window(50.0, 2.5)) < THRESHOLD
+
+
+def test_without_the_drift_statistic_the_ramp_is_missed(monkeypatch) -> None:
+    import models.baseline as baseline
+
+    monkeypatch.setattr(baseline, "CUSUM_RATIOS", {})
+    assert max(run(trained(), RAMP)) < THRESHOLD
+
+
+def test_steady_traffic_never_drifts() -> None:
+    m = trained(windows=50)
+    risks = run(m, [window(50.0, 0.5)] * 300)
+    assert max(risks) < 0.2
+    assert m.state()["cusum"]["ctr"][0] == 0.0
+
+
+def test_volume_swing_with_normal_rates_does_not_drift() -> None:
+    """Campaign launch / seasonal swing: volume x4 with the same CTR."""
+    m = trained()
+    risks = run(m, [window(50.0 * (1 + 3 * math.sin(math.pi * i / 60)), 0.5 * (
+        1 + 3 * math.sin(math.pi * i / 60))) for i in range(60)])
+    assert max(risks) < THRESHOLD
+
+
+def test_trickle_of_deception_signals_adds_up() -> None:
+    """A cloaked landing page at 200 impressions a minute: one report or complaint citing
+    scam / not received every ~6 windows (the cohort expects one in ~80)."""
+    m = trained(imps=200.0, clicks=2.0)
+    xs = [window(200.0, 2.0, 1.0 if i % 6 == 5 else 0.0) for i in range(60)]
+    risks = run(m, xs)
+    assert max(risks) >= THRESHOLD
+    c = m.explain(xs[29])
+    assert c and c[0].feature in ("deception_rate",) + tuple(CUSUM_RATIOS)
+
+
+def test_flagged_window_restarts_the_drift() -> None:
+    m = trained()
+    for i in range(20):
+        m.learn_one(window(50.0, 2.0))
+    assert m.state()["cusum"]["ctr"][0] > 0.0
+    m.observe_flagged(window(50.0, 2.0))
+    assert m.state()["cusum"]["ctr"] == [0.0, 0.0, 0.0]
+
+
+def test_drift_explains_with_the_rate_since_it_began() -> None:
+    m = trained()
+    for _ in range(15):
+        m.learn_one(window(50.0, 1.5))  # 3% against a 1% baseline
+    top = max(m.deviations(window(50.0, 1.5)), key=lambda c: c.deviation)
+    assert top.feature == "ctr"
+    assert 0.025 < top.value < 0.035 and top.baseline < 0.015
+
+
+def test_prior_is_worth_at_least_a_few_events() -> None:
+    """A rare count's baseline is not estimated from its own first events: one complaint after
+    50 quiet windows leaves the baseline within 2x of the cohort prior."""
+    m = RobustBaseline()
+    s = m.state()["rates"]["complaints_per_impression"]
+    assert s[0] >= PRIOR_EVENTS * 0.999
+    for _ in range(50):
+        m.learn_one(window(200.0, 2.0))
+    x = dict(window(200.0, 2.0), complaints=1.0)
+    m.learn_one(x)
+    s = m.state()["rates"]["complaints_per_impression"]
+    assert s[0] / s[1] < 2 * DEFAULT_PRIORS["complaints_per_impression"]
+
+
+def test_deception_signals_count_deceptive_reasons_only() -> None:
+    w = AdvertiserWindow(0, 60_000)
+    for kind, reason in (("report", "scam"), ("report", "misleading"), ("report", "offensive"),
+                         ("complaint", "not_received"), ("refund_request", "counterfeit"),
+                         ("complaint", "quality"), ("hide", "")):
+        w.add_feedback({"kind": kind, "reason": reason})
+    w.add_feedback({"kind": "satisfaction", "reason": "", "rating": 1})
+    for i in range(100):
+        w.add_impression({"user_id": f"u{i}", "region": "US", "cost_micros": 1000,
+                          "clicked": False, "click_delay_ms": 0, "converted": False,
+                          "dwell_ms": 0})
+    f = window_features(w)
+    assert f["deception_signals"] == 4.0
+    assert f["deception_rate"] == 0.04
