@@ -75,6 +75,10 @@ LEVELS: dict[str, tuple[int, str]] = {
 # the offset paying for the CUSUM being a maximum over start points (tuned on seeds 11/23/37).
 CUSUM_RATIOS: dict[str, float] = {"ctr": 2.5, "deception_rate": 10.0}
 CUSUM_OFFSET = 2.0
+# A window serving more than VOLUME_CAP x the advertiser's typical impressions learns with
+# proportionally less weight: rates are sums of counts, so otherwise one bot burst at 10x volume
+# (CTR x0.3) rewrites an hour of CTR history in minutes, and normal CTR afterwards reads as a drift.
+VOLUME_CAP = 2.0
 # Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
 DEFAULT_PRIORS: dict[str, float] = {
     "ctr": 0.02,
@@ -206,8 +210,10 @@ class RobustBaseline(AnomalyDetector):
         self._levels = {
             name: [math.log1p(p[name]), 0.25, prior_weight * alpha] for name in LEVELS
         }
-        # Drift: per CUSUM rate [statistic, events and exposure since it last left zero].
+        # Drift: per CUSUM rate [statistic, events and exposure since it last left zero]; and the
+        # typical impressions per window (EW, weight ``alpha``).
         self._cusum = {name: [0.0, 0.0, 0.0] for name in CUSUM_RATIOS}
+        self._volume = 0.0
         self._seen = 0
 
     @property
@@ -305,6 +311,14 @@ class RobustBaseline(AnomalyDetector):
     def learn_one(self, x: dict[str, float]) -> None:
         a = self.alpha
         counts = {k: _finite(v) for k, v in derived_counts(x).items()}
+        imps = max(counts["impressions"], 0.0)
+        typical = self._volume
+        vol_w = 1.0
+        if typical > 0 and imps > VOLUME_CAP * typical:
+            vol_w = VOLUME_CAP * typical / imps
+        # the typical volume follows a burst no faster than the cap lets it count
+        self._volume = imps if typical <= 0 else typical + a * (
+            min(imps, VOLUME_CAP * typical) - typical)
         for name, (num_name, den_name) in RATES.items():
             den = counts[den_name]
             if den <= 0:
@@ -326,7 +340,7 @@ class RobustBaseline(AnomalyDetector):
                 c = self._cusum[name]
                 c[:] = self._cusum_step(name, k, den, s[0] / s[1] if s[1] > 0 else 0.0)
                 guarded = guarded or c[0] > CUSUM_OFFSET + 0.5 * self.learn_guard ** 2
-            w = 0.05 if guarded else 1.0
+            w = (0.05 if guarded else 1.0) * vol_w
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
             s[1] = (1.0 - w * rate_a) * s[1] + w * den
         self._accumulate_short(counts)
@@ -349,15 +363,18 @@ class RobustBaseline(AnomalyDetector):
     def state(self) -> dict[str, Any]:
         # a drift statistic at rest (0, 0, 0) is left out: the common case costs no bytes
         return {"rates": self._rates, "levels": self._levels,
-                "cusum": {k: c for k, c in self._cusum.items() if c[0] > 0.0}, "seen": self._seen}
+                "cusum": {k: c for k, c in self._cusum.items() if c[0] > 0.0},
+                "volume": self._volume, "seen": self._seen}
 
     def load_state(self, data: dict[str, Any]) -> None:
         """Load a stored state. A v3 state (no ``deception_rate``, no ``cusum``) loads too: what
-        it lacks starts from the cohort prior, as for a new advertiser."""
+        it lacks starts from the cohort prior, as for a new advertiser (its typical volume from
+        the next window)."""
         rates = {k: [float(v) for v in vals] for k, vals in data["rates"].items()}
         self._rates = {k: rates.get(k, v) for k, v in self._rates.items()}
         self._levels = {k: [float(v) for v in vals] for k, vals in data["levels"].items()}
         cusum = data.get("cusum", {})
         self._cusum = {k: [float(v) for v in cusum.get(k, (0.0, 0.0, 0.0))]
                        for k in CUSUM_RATIOS}
+        self._volume = float(data.get("volume", 0.0))
         self._seen = int(data["seen"])

@@ -530,20 +530,21 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'ms":[7.99184,0.267781,0.299652],"impressions_per_user":[0.732028,0.205152,0.313659],"mea'
         b'n_rating":[1.60663,0.232262,0.240707]},"seen":10}'),
     # robust-baseline "4": deception_rate (reports/complaints citing scam, misleading, counterfeit
-    # or not received), a one-sided CUSUM on ctr and deception_rate ("cusum"), and a cohort prior
-    # worth at least 3 expected events per rate.
+    # or not received), a one-sided CUSUM on ctr and deception_rate ("cusum", stored only while a
+    # drift is in progress: here 3 windows of 3x CTR after 10 normal ones), the typical volume
+    # ("volume", caps what a burst window teaches), a cohort prior worth >= 3 expected events.
     ("robust-baseline", "4"): orjson.loads(
-        b'{"rates":{"ctr":[29.4647,1572.68,11.4994,654.895,15.6525,879.406],"fast_click_share":[3.81'
-        b'277,74.6682,0.430467,11.4994,0.783743,15.6525],"short_dwell_share":[3.67284,44.763,0.43046'
-        b'7,11.4994,0.783743,15.6525],"report_rate":[2.94356,8355.56,0.0,654.895,0.0,879.406],"hide_'
-        b'rate":[5.47517,2284.73,1.80876,654.895,2.56173,879.406],"not_interested_rate":[2.77257,235'
-        b'9.98,0.0,654.895,0.0,879.406],"scam_report_rate":[2.97085,15854.9,0.0,654.895,0.0,879.406]'
-        b',"complaints_per_impression":[2.9955,100854.0,0.0,654.895,0.0,879.406],"harm_rate":[2.9305'
-        b'4,6855.87,0.0,654.895,0.0,879.406],"low_rating_share":[2.9775,20.85,0.0,0.9,0.0,0.97],"dec'
-        b'eption_rate":[2.99105,50854.5,0.0,654.895,0.0,879.406]},"levels":{"mean_dwell_ms":[9.96989'
-        b',0.429713,0.285359],"median_click_delay_ms":[7.92828,0.311451,0.285359],"impressions_per_u'
-        b'ser":[0.733653,0.204965,0.313659],"mean_rating":[1.61308,0.245652,0.1768]},"cusum":{"ctr":'
-        b'[0.0,0.0,0.0],"deception_rate":[0.0,0.0,0.0]},"seen":10}'),
+        b'{"rates":{"ctr":[30.7248,1583.25,32.173,752.819,40.3037,1099.2],"fast_click_share":[3.6407'
+        b'3,97.9821,0.313811,32.173,0.715301,40.3037],"short_dwell_share":[3.49946,69.2813,0.313811,'
+        b'32.173,0.715301,40.3037],"report_rate":[2.92791,8616.6,0.0,752.819,0.0,1099.2],"hide_rate"'
+        b':[5.2851,2507.96,1.31859,752.819,2.33802,1099.2],"not_interested_rate":[2.72503,2623.81,0.'
+        b'0,752.819,0.0,1099.2],"scam_report_rate":[2.9624,16115.5,0.0,752.819,0.0,1099.2],"complain'
+        b'ts_per_impression":[2.99414,101115.0,0.0,752.819,0.0,1099.2],"harm_rate":[2.91169,7117.13,'
+        b'0.0,752.819,0.0,1099.2],"low_rating_share":[2.91588,23.4055,0.0,3.1761,0.0,3.73709],"decep'
+        b'tion_rate":[2.98836,51114.7,0.0,752.819,0.0,1099.2]},"levels":{"mean_dwell_ms":[10.0376,0.'
+        b'518578,0.327386],"median_click_delay_ms":[7.89834,0.327262,0.327386],"impressions_per_user'
+        b'":[0.730882,0.193129,0.354021],"mean_rating":[1.61659,0.23655,0.209399]},"cusum":{"ctr":[1'
+        b'6.0138,27.0,306.0]},"volume":103.272,"seen":13}'),
 }
 
 
