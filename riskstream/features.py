@@ -54,6 +54,11 @@ FEATURES: tuple[Feature, ...] = (
             "complaints of a window answer conversions of earlier windows"),
     Feature("harm_rate", +1, "rate",
             "(reports + complaints + refunds + ratings <= 2) / impressions: pooled harm signals"),
+    Feature("deception_signals", +1, "count",
+            "reports, complaints and refund requests citing scam, misleading, counterfeit or "
+            "not received: what a cloaked landing page draws, minutes (reports) to hours "
+            "(complaints) after the click"),
+    Feature("deception_rate", +1, "rate", "deception_signals / impressions"),
     Feature("satisfaction_responses", 0, "count", "satisfaction ratings received"),
     Feature("mean_rating", -1, "level", "mean satisfaction rating (0 when none)"),
     Feature("low_rating_share", +1, "rate", "share of ratings <= 2"),
@@ -73,6 +78,7 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
     refunds = w.feedback_count("refund_request")
     ratings = w.feedback_count("satisfaction")
     scam = w.reason_count("scam") + w.reason_count("misleading")
+    deception = scam + w.reason_count("counterfeit") + w.reason_count("not_received")
     top_region = max(w.regions.values()) if w.regions else 0
     return {
         "impressions": float(imps),
@@ -100,6 +106,8 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
         "complaint_rate": (complaints + refunds) / max(conversions, 1),
         "complaints_per_impression": (complaints + refunds) * per_imp,
         "harm_rate": (reports + complaints + refunds + w.low_ratings) * per_imp,
+        "deception_signals": float(deception),
+        "deception_rate": deception * per_imp,
         "satisfaction_responses": float(ratings),
         "mean_rating": w.rating_sum / ratings if ratings else 0.0,
         "low_rating_share": w.low_ratings / ratings if ratings else 0.0,

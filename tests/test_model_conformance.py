@@ -529,6 +529,22 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'8734,4.96091]},"levels":{"mean_dwell_ms":[10.021,0.465551,0.299652],"median_click_delay_'
         b'ms":[7.99184,0.267781,0.299652],"impressions_per_user":[0.732028,0.205152,0.313659],"mea'
         b'n_rating":[1.60663,0.232262,0.240707]},"seen":10}'),
+    # robust-baseline "4": deception_rate (reports/complaints citing scam, misleading, counterfeit
+    # or not received), a one-sided CUSUM on ctr and deception_rate ("cusum", stored only while a
+    # drift is in progress: here 3 windows of 3x CTR after 10 normal ones), the typical volume
+    # ("volume", caps what a burst window teaches), a cohort prior worth >= 3 expected events.
+    ("robust-baseline", "4"): orjson.loads(
+        b'{"rates":{"ctr":[30.7248,1583.25,32.173,752.819,40.3037,1099.2],"fast_click_share":[3.6407'
+        b'3,97.9821,0.313811,32.173,0.715301,40.3037],"short_dwell_share":[3.49946,69.2813,0.313811,'
+        b'32.173,0.715301,40.3037],"report_rate":[2.92791,8616.6,0.0,752.819,0.0,1099.2],"hide_rate"'
+        b':[5.2851,2507.96,1.31859,752.819,2.33802,1099.2],"not_interested_rate":[2.72503,2623.81,0.'
+        b'0,752.819,0.0,1099.2],"scam_report_rate":[2.9624,16115.5,0.0,752.819,0.0,1099.2],"complain'
+        b'ts_per_impression":[2.99414,101115.0,0.0,752.819,0.0,1099.2],"harm_rate":[2.91169,7117.13,'
+        b'0.0,752.819,0.0,1099.2],"low_rating_share":[2.91588,23.4055,0.0,3.1761,0.0,3.73709],"decep'
+        b'tion_rate":[2.98836,51114.7,0.0,752.819,0.0,1099.2]},"levels":{"mean_dwell_ms":[10.0376,0.'
+        b'518578,0.327386],"median_click_delay_ms":[7.89834,0.327262,0.327386],"impressions_per_user'
+        b'":[0.730882,0.193129,0.354021],"mean_rating":[1.61659,0.23655,0.209399]},"cusum":{"ctr":[1'
+        b'6.0138,27.0,306.0]},"volume":103.272,"seen":13}'),
 }
 
 
@@ -548,6 +564,20 @@ def test_stored_state_of_current_version_loads(spec: str, version: str) -> None:
         m.explain(x)
         m.learn_one(x)
     assert orjson.loads(st.dumps())["models"][spec]["version"] == version
+
+
+def test_robust_baseline_loads_a_v3_state_into_the_current_model() -> None:
+    """The engine starts a new spec version from the cohort prior, but the model itself still
+    reads a v3 state: what v3 lacks (deception_rate, cusum) starts at the prior."""
+    m = create("robust-baseline")
+    m.load_state(GOLDEN_STATES["robust-baseline", "3"])
+    assert m.windows_seen == 10
+    assert m.state()["rates"]["ctr"] == GOLDEN_STATES["robust-baseline", "3"]["rates"]["ctr"]
+    assert m.state()["cusum"] == {}  # no drift in progress
+    for x in normal_windows(5, seed=71) + [click_spam_window()]:
+        assert_score(m.score_one(x), "robust-baseline v3 state in the current model")
+        m.learn_one(x)
+    assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
 
 
 # -- (k) restricted unpickler --------------------------------------------------------------------
