@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.topics import load_topics
+from app.transport import SCHEME, QuietMonitor, RawSchema
 from riskstream.decision import DecisionConfig
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.events import Limits
@@ -86,14 +87,28 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def transport_scheme(settings: Settings) -> str:
+    """``riskstream`` (app.transport: the aiokafka transport without Faust's per-message task
+    overhead) unless exactly_once is on or ``RISKSTREAM_TRANSPORT=kafka`` asks for the stock
+    aiokafka transport: Faust's transactions are only tested upstream on the stock one."""
+    if settings.processing_guarantee == "exactly_once" or settings.transport == "kafka":
+        return "kafka"
+    if settings.transport != SCHEME:
+        raise ValueError(f"RISKSTREAM_TRANSPORT: {settings.transport!r} is not one of "
+                         f"{SCHEME!r}, 'kafka'")
+    return SCHEME
+
+
 def create_app(settings: Settings, bootstrap: str, *,
                registry: CollectorRegistry | None = None) -> RiskApp:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     declared = {t.name: t for t in load_topics()}
     partitions = declared["ad-impressions"].partitions
+    scheme = transport_scheme(settings)
     faust_app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()],
+        broker=[f"{scheme}://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()],
+        Monitor=QuietMonitor,
         broker_credentials=broker_credentials(settings),
         store="memory://",
         datadir=settings.data_dir,
@@ -115,20 +130,22 @@ def create_app(settings: Settings, bootstrap: str, *,
     )
     metrics = Metrics(registry or CollectorRegistry())
     t = settings.topic
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    def raw() -> dict[str, Any]:  # bytes as they are: the engine encodes, validation decodes
+        return {"schema": RawSchema()}
+
     # Enforcement decisions are co-partitioned with the inputs (key advertiser_id), so a
     # decision reaches the worker that holds that advertiser's state.
     inputs = faust_app.topic(t("ad-impressions"), t("user-feedback"),
-                             t("risk-enforcement-decisions"), **raw)
+                             t("risk-enforcement-decisions"), **raw())
     topics = {
         "impressions": t("ad-impressions"),
         "feedback": t("user-feedback"),
         "decisions": t("risk-enforcement-decisions"),
         "inputs": inputs,
-        "alerts": faust_app.topic(t("risk-alerts"), **raw),
-        "shadow_alerts": faust_app.topic(t("risk-alerts-shadow"), **raw),
-        "scores": faust_app.topic(t("risk-scores"), **raw),
-        "dead_letter": faust_app.topic(t("risk-dead-letter"), **raw),
+        "alerts": faust_app.topic(t("risk-alerts"), **raw()),
+        "shadow_alerts": faust_app.topic(t("risk-alerts-shadow"), **raw()),
+        "scores": faust_app.topic(t("risk-scores"), **raw()),
+        "dead_letter": faust_app.topic(t("risk-dead-letter"), **raw()),
         "model_control": t("risk-model-control"),
     }
     # value_type=bytes makes Faust's changelog serializer "raw": the engine stores its own
