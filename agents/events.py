@@ -89,6 +89,9 @@ def register_agents(ra: Any) -> None:
         # already be on the broker, or a crash would lose them instead of repeating them.
         await app.producer.flush()
         writes = engine.checkpoint()
+        # Then the state, delivered before a single event is acknowledged: a committed offset
+        # never runs ahead of the changelog (agents/store.py).
+        await engine.store.flush()
         metrics.checkpoints.inc()
         metrics.checkpoint_writes.inc(writes)
         if writes:
@@ -101,7 +104,7 @@ def register_agents(ra: Any) -> None:
             pending.clear()
 
     def checkpoint_due() -> bool:
-        return bool(pending) and (
+        return (bool(pending) or engine.has_changes()) and (
             len(pending) >= settings.checkpoint_max_events
             or time.monotonic() - last_checkpoint[0] >= settings.checkpoint_interval_s
             or not app.flow_control.is_active())
@@ -211,9 +214,8 @@ def register_agents(ra: Any) -> None:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
-            if outputs:
+            if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
-                await checkpoint()
         metrics.active_advertisers.set(engine.active_advertisers())
 
     @app.task

@@ -88,15 +88,14 @@ def broker_credentials(settings: Settings) -> Any:
 
 
 def transport_scheme(settings: Settings) -> str:
-    """``riskstream`` (app.transport: the aiokafka transport without Faust's per-message task
-    overhead) unless exactly_once is on or ``RISKSTREAM_TRANSPORT=kafka`` asks for the stock
-    aiokafka transport: Faust's transactions are only tested upstream on the stock one."""
-    if settings.processing_guarantee == "exactly_once" or settings.transport == "kafka":
-        return "kafka"
-    if settings.transport != SCHEME:
+    """``kafka`` (Faust's stock aiokafka transport) by default and always with exactly_once;
+    ``riskstream`` (app/transport.py, experimental: see docs/performance.md) on request."""
+    if settings.transport not in ("kafka", SCHEME):
         raise ValueError(f"RISKSTREAM_TRANSPORT: {settings.transport!r} is not one of "
-                         f"{SCHEME!r}, 'kafka'")
-    return SCHEME
+                         f"'kafka', {SCHEME!r}")
+    if settings.processing_guarantee == "exactly_once":
+        return "kafka"
+    return settings.transport
 
 
 def create_app(settings: Settings, bootstrap: str, *,

@@ -10,13 +10,16 @@ aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test
    ``await callback(message)``. Faust's own loop wraps every message in
    ``Service.wait_first(callback(message), suspend_flow.wait())``: two tasks, an
    ``asyncio.wait`` and a dict of futures per event, about a quarter of a no-op worker's CPU.
-   That wait exists so a callback blocked on flow control can be abandoned when a rebalance
-   suspends the flow. The fast path is taken only while the flow is neither suspended nor
-   paused (the callback then cannot block on either); otherwise the stock ``wait_first`` runs.
-   Once the flow is suspended the rest of the fetched batch is dropped without moving the read
-   offset (it was never acknowledged; after the rebalance the consumer resumes from the
-   committed offset and fetches it again). Everything else -- gap tracking, commit every
-   ``broker_commit_every`` acks, the read offsets, stop and cancel handling -- is Faust's.
+   That wait exists so a callback blocked on flow control, a full producer buffer or a full
+   channel queue can be abandoned when a rebalance suspends the flow. The fast path is taken
+   only when none of those can block (checked before the call), so the callback runs to its end
+   without yielding, exactly as it would inside ``wait_first``; otherwise the stock
+   ``wait_first`` runs. And the loop does not commit every ``broker_commit_every`` acks itself:
+   the agent acknowledges a whole checkpoint at once, often during a revocation, and a commit
+   started by the fetch loop then could wait on the consumer thread that waits on the
+   revocation (seen as a stalled partition in tests/test_transport.py). Commits come from
+   Faust's commit timer (``broker_commit_interval``), rebalances and shutdown. Everything
+   else -- gap tracking, read offsets, stop and cancel handling -- is Faust's code.
 2. ``fetch_max_wait_ms`` is :data:`FETCH_MAX_WAIT_MS` instead of the 1,500 ms Faust hard-codes:
    aiokafka keeps one fetch in flight per broker, and a long-poll that only covers idle
    partitions (changelogs, caught-up inputs) otherwise stalls partitions that have data.
@@ -48,6 +51,7 @@ from typing import Any, AsyncIterator, Callable, cast
 import faust
 from faust.sensors.monitor import Monitor
 from faust.transport import producer as faust_producer
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
@@ -81,13 +85,13 @@ class Consumer(faust_aiokafka.Consumer):
         set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         flow_suspended = self.suspend_flow.is_set
         flow_active = self.app.flow_control.is_active
+        buffer = self.app.producer.buffer
+        tp_index = self.app.topics._tp_index  # tp -> the channels the Conductor feeds
         sleep = asyncio.sleep
-        flag = faust_aiokafka.CONSUMER_FETCHING if hasattr(
-            faust_aiokafka, "CONSUMER_FETCHING") else "CONSUMER_FETCHING"
+        flag = CONSUMER_FETCHING
         yield_every = 100
         num_since_yield = 0
         try:
@@ -107,15 +111,12 @@ class Consumer(faust_aiokafka.Consumer):
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            # -- the change: no wait_first while the flow runs --------------
-                            if flow_suspended():
-                                break  # rebalancing: the rest is fetched again afterwards
-                            if flow_active():
-                                await callback(message)
-                            else:
+                            # -- the change: no wait_first when the callback cannot block ---
+                            if flow_active() and not flow_suspended() and not (
+                                    buffer.size > buffer.max_messages
+                                    or any(c.queue.full() for c in tp_index.get(tp, ()))):
+                                await callback(message)  # runs to its end without yielding
+                            else:  # it could wait: Faust's own handling
                                 await self.wait_first(callback(message),
                                                       self.suspend_flow.wait())
                             # ------------------------------------------------------------
@@ -271,6 +272,8 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
             except asyncio.TimeoutError:
                 yield batch
                 continue
+            except StopAsyncIteration:  # the channel was closed (the agent is stopping)
+                return
         else:
             item = get_nowait()
         while True:

@@ -312,6 +312,10 @@ class RiskEngine:
     def state_of(self, partition: int, advertiser_id: str) -> AdvertiserState | None:
         return self._state_for_key(advertiser_key(partition, advertiser_id))
 
+    def has_changes(self) -> bool:
+        """Whether a checkpoint would write anything."""
+        return bool(self._dirty or self._dirty_meta)
+
     def checkpoint(self) -> int:
         """Write every changed advertiser and partition clock to the store. Returns writes."""
         writes = 0
