@@ -1,11 +1,13 @@
 """Agents: decode, call the engine, emit. No business logic lives here.
 
 One agent reads both co-partitioned inputs (``ad-impressions`` and ``user-feedback``) as one
-stream, in batches (``noack_take``): every event of a batch is validated and fed to the engine,
-the outputs are produced, the engine checkpoints its state to the changelog table, and only then
-are the batch's events acknowledged. Faust commits acknowledged offsets after flushing the
-producer, so offsets never run ahead of the state and alerts they depend on (at-least-once;
-alert ids are deterministic, so a replay re-emits the same ids).
+stream, in batches of whatever is queued (``app.transport.event_batches``): every event is
+validated and fed to the engine and the outputs are produced at once; the engine's state is
+checkpointed to the changelog table only every ``RISKSTREAM_CHECKPOINT_INTERVAL_S`` (or
+``RISKSTREAM_CHECKPOINT_MAX_EVENTS`` events), and only then are the events since the previous
+checkpoint acknowledged. Faust commits acknowledged offsets after flushing the producer, so
+offsets never run ahead of the state and alerts they depend on (at-least-once; alert ids are
+deterministic, so a replay re-emits the same ids).
 
 A once-a-second task tells the engine which input partitions are idle: caught up (next offset at
 the highwater) *and* silent for ``INPUT_IDLE_S`` of wall time, so an idle or empty input does not
@@ -23,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from app.transport import event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
                                validate_feedback, validate_impression)
@@ -30,6 +33,7 @@ from riskstream.events import (InvalidEvent, dead_letter_record, validate_decisi
 log = logging.getLogger("riskstream.agents")
 
 INPUT_IDLE_S = 2.0
+CHECKPOINT_POLL_S = 0.25  # the agent looks at least this often whether a checkpoint is due
 
 
 def register_agents(ra: Any) -> None:
@@ -71,71 +75,102 @@ def register_agents(ra: Any) -> None:
                 metrics.detector_precision.labels(detector).set(
                     confirmed / (confirmed + dismissed))
 
+    # Checkpoint-aligned acknowledgement (as Quix Streams checkpoints): events are processed as
+    # they arrive, and acknowledged only together with a checkpoint -- every
+    # ``checkpoint_interval_s`` or ``checkpoint_max_events`` events, whichever comes first, and
+    # at once when a rebalance or shutdown suspends the flow (Faust waits for every tracked
+    # message to be acked before it revokes). A crash replays from the last commit onto the last
+    # checkpointed state: nothing lost, nothing counted twice.
+    pending: list[Any] = []  # processed, not yet acknowledged
+    last_checkpoint = [time.monotonic()]
+
     async def checkpoint() -> None:
         # Outputs first: once the state says a window is closed, its score and alert must
         # already be on the broker, or a crash would lose them instead of repeating them.
         await app.producer.flush()
         writes = engine.checkpoint()
+        # Then the state, delivered before a single event is acknowledged: a committed offset
+        # never runs ahead of the changelog (agents/store.py).
+        await engine.store.flush()
         metrics.checkpoints.inc()
         metrics.checkpoint_writes.inc(writes)
         if writes:
             metrics.model_state_bytes.set(engine.stats["last_checkpoint_bytes"])
+        last_checkpoint[0] = time.monotonic()
+        if pending:
+            consumer = app.consumer
+            for event in pending:
+                event.message.ack(consumer)
+            pending.clear()
+
+    def checkpoint_due() -> bool:
+        return (bool(pending) or engine.has_changes()) and (
+            len(pending) >= settings.checkpoint_max_events
+            or time.monotonic() - last_checkpoint[0] >= settings.checkpoint_interval_s
+            or not app.flow_control.is_active())
 
     @app.agent(topics["inputs"], name="risk-events")
     async def risk_events(stream: Any) -> None:
-        async for batch in stream.noack_take(settings.checkpoint_max_events,
-                                             within=settings.checkpoint_interval_s):
-            started = time.perf_counter()
-            async with lock:
-                assigned = app.consumer.assignment()
-                now_ms = int(time.time() * 1000)
-                now = time.monotonic()
-                consumed: dict[str, int] = {}
-                replayed = 0
-                for event in batch:
-                    msg = event.message
-                    if msg.tp not in assigned:
-                        continue  # revoked mid-batch: the new owner replays it
-                    source, validate = source_of[msg.topic]
-                    positions[msg.tp] = msg.offset + 1
-                    last_active[msg.tp] = now
-                    if engine.applied(msg.partition, msg.topic, msg.offset):
-                        replayed += 1  # already in the restored state: do not count it twice
-                        continue
-                    engine.note_offset(msg.partition, msg.topic, msg.offset + 1)
-                    raw = event.value if event.value is not None else b""
-                    try:
-                        ev = validate(raw, now_ms, limits)
-                    except InvalidEvent as exc:
-                        consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
-                        await dead_letter(msg, raw, exc, now_ms)
-                        continue
-                    if engine.applied_to_advertiser(msg.partition, ev["advertiser_id"],
-                                                    msg.topic, msg.offset):
-                        replayed += 1
-                        continue
-                    consumed[msg.topic] = consumed.get(msg.topic, 0) + 1
-                    where = (msg.topic, msg.offset)
-                    if source == "decision":
-                        engine.apply_decision(ev, msg.partition, position=where)
-                        record_decision(ev)
-                        continue
-                    try:
-                        outputs = engine.process(ev, msg.partition, caught_up=False,
-                                                 position=where)
-                    except InvalidEvent as exc:  # late_event
-                        await dead_letter(msg, raw, exc, now_ms)
-                        continue
-                    if outputs:
-                        await emit(outputs)
-                for topic, n in consumed.items():
-                    metrics.events_consumed.labels(topic).inc(n)
-                if replayed:
-                    metrics.events_replayed_skipped.inc(replayed)
-                await checkpoint()
-                for event in batch:
-                    await stream.ack(event)
-            metrics.batch_seconds.observe(time.perf_counter() - started)
+        async for batch in event_batches(app, stream, settings.checkpoint_max_events,
+                                         idle_s=CHECKPOINT_POLL_S):
+            if batch:
+                await process_batch(batch)
+            if checkpoint_due():
+                async with lock:
+                    if checkpoint_due():
+                        await checkpoint()
+
+    async def process_batch(batch: list[Any]) -> None:
+        started = time.perf_counter()
+        async with lock:
+            assigned = app.consumer.assignment()
+            now_ms = int(time.time() * 1000)
+            now = time.monotonic()
+            consumed: dict[str, int] = {}
+            replayed = 0
+            pending.extend(batch)
+            for event in batch:
+                msg = event.message
+                tp = msg.tp
+                if tp not in assigned:
+                    continue  # revoked mid-batch: the new owner replays it
+                topic, partition, offset = tp.topic, tp.partition, msg.offset
+                source, validate = source_of[topic]
+                positions[tp] = offset + 1
+                last_active[tp] = now
+                if engine.applied(partition, topic, offset):
+                    replayed += 1  # already in the restored state: do not count it twice
+                    continue
+                engine.note_offset(partition, topic, offset + 1)
+                raw = event.value if event.value is not None else b""
+                try:
+                    ev = validate(raw, now_ms, limits)
+                except InvalidEvent as exc:
+                    consumed[topic] = consumed.get(topic, 0) + 1
+                    await dead_letter(msg, raw, exc, now_ms)
+                    continue
+                if engine.applied_to_advertiser(partition, ev["advertiser_id"], topic,
+                                                offset):
+                    replayed += 1
+                    continue
+                consumed[topic] = consumed.get(topic, 0) + 1
+                where = (topic, offset)
+                if source == "decision":
+                    engine.apply_decision(ev, partition, position=where)
+                    record_decision(ev)
+                    continue
+                try:
+                    outputs = engine.process(ev, partition, caught_up=False, position=where)
+                except InvalidEvent as exc:  # late_event
+                    await dead_letter(msg, raw, exc, now_ms)
+                    continue
+                if outputs:
+                    await emit(outputs)
+            for topic, n in consumed.items():
+                metrics.events_consumed.labels(topic).inc(n)
+            if replayed:
+                metrics.events_replayed_skipped.inc(replayed)
+        metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def dead_letter(msg: Any, raw: bytes, exc: InvalidEvent, now_ms: int) -> None:
         if exc.reason == "late_event":
@@ -179,9 +214,8 @@ def register_agents(ra: Any) -> None:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
-            if outputs:
+            if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
-                await checkpoint()
         metrics.active_advertisers.set(engine.active_advertisers())
 
     @app.task

@@ -1,23 +1,36 @@
 """The engine's StateStore on a Faust table.
 
-Writes go to the table's in-memory store and, with an explicit partition, to its changelog:
-the engine checkpoints outside any single event's context, so the partition cannot be taken
-from "the current event" as Faust's ``table[key] = value`` would. Keys carry their partition
-(``a:<p>:<advertiser>``), so a key always lands in the changelog partition its events come from.
+Writes go to the table's in-memory store at once and to its changelog with :meth:`flush`: the
+agent calls it at the end of every checkpoint and acknowledges the checkpoint's input events
+only once the broker has every changelog record (acks=all). Offsets are committed only for
+acknowledged events, so a committed offset always has its state on the changelog: a crash at any
+moment restarts from a state that contains exactly the committed input. (Faust's own path,
+``Table.send_changelog``, buffers the records and lets a commit run ahead of them.)
 
-Relies on faust-streaming 0.15.3 internals (pinned in pyproject): ``Table.send_changelog`` and
-the memory store's ``data`` / ``_key_partition``. tests/test_faust_internals.py fails loudly if an
+The engine checkpoints outside any single event's context, so the partition cannot be taken
+from "the current event" as Faust's ``table[key] = value`` would. Keys carry their partition
+(``a:<p>:<advertiser>``), so a key always lands in the changelog partition its events come from;
+they are JSON strings on the changelog (the table's key serializer), values the engine's bytes.
+
+With exactly_once the records go through ``Table.send_changelog``, inside Faust's transactions.
+
+Relies on faust-streaming 0.15.3 internals (pinned in pyproject): the memory store's ``data`` /
+``_key_partition`` and ``Table.changelog_topic``; tests/test_transport.py fails loudly if an
 upgrade moves them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable
+
+import orjson
 
 
 class TableStore:
     def __init__(self, table: Any) -> None:
         self.table = table
+        self._unsent: list[tuple[int, str, bytes | None]] = []
 
     @property
     def _store(self) -> Any:
@@ -30,13 +43,34 @@ class TableStore:
         store = self._store
         store.data[key] = value
         store._key_partition[key] = partition
-        self.table.send_changelog(partition, key, value)
+        self._changelog(partition, key, value)
 
     def delete(self, partition: int, key: str) -> None:
         store = self._store
         store.data.pop(key, None)
         store._key_partition.pop(key, None)
-        self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self._changelog(partition, key, None)
 
     def keys(self) -> Iterable[str]:
         return list(self._store.data.keys())
+
+    def _changelog(self, partition: int, key: str, value: bytes | None) -> None:
+        if self.table.app.in_transaction:
+            self.table.send_changelog(partition, key, value, value_serializer="raw")
+        else:
+            self._unsent.append((partition, key, value))
+
+    async def flush(self) -> int:
+        """Send the changelog records written since the last flush; return once the broker has
+        acknowledged all of them (raises if one failed). Returns the number sent."""
+        unsent, self._unsent = self._unsent, []
+        if not unsent:
+            return 0
+        producer = self.table.app.producer
+        topic = self.table.changelog_topic.get_topic_name()
+        send = producer.send
+        pending = [await send(topic, orjson.dumps(key), value, partition=partition,
+                              timestamp=None, headers=None)
+                   for partition, key, value in unsent]
+        await asyncio.gather(*pending)
+        return len(unsent)

@@ -63,7 +63,8 @@ STATE_TABLE = "advertiser-state"  # app/factory.py: the changelog is <app_id>-<t
 #: Keys every JSON report has (None when that part failed; see "errors").
 REQUIRED_KEYS = ("ratio_vs_faust_noop", "ratio_vs_bare_loop", "latency_p50_ms", "latency_p99_ms",
                  "bytes_per_advertiser", "recovery_s", "backtest_events_per_s",
-                 "bare_loop_events_per_s", "faust_noop_events_per_s", "worker_events_per_s")
+                 "bare_loop_events_per_s", "faust_noop_events_per_s", "worker_events_per_s",
+                 "scale_out_ratio_2v1")
 
 #: The issue's targets: key -> (comparison, value, text).
 TARGETS: dict[str, tuple[str, float, str]] = {
@@ -95,6 +96,9 @@ class Profile:
     state_steady_advertisers: int = 1000  # steady state: score history (30) full
     state_steady_windows: int = 32
     backtest_events: int = 200_000
+    scale_events: int = 100_000       # per run of 1 and of 2 workers (0: skip)
+    poll_s: float = 0.2               # how often a worker's /metrics is read while measured
+    riskstream_worker: bool = True    # also the worker on the experimental riskstream:// transport
     session_timeout_ms: int = 10_000  # worker default (RISKSTREAM_SESSION_TIMEOUT_MS)
     worker_env: tuple[tuple[str, str], ...] = ()  # extra settings of every worker started
     startup_timeout_s: float = 90.0
@@ -106,7 +110,9 @@ PROFILES = {
                      recovery_extra_events=500, latency_seconds=6.0, latency_rate=100.0,
                      latency_advertisers=20, latency_window_s=2, state_sizes=(100,),
                      state_windows=2, state_events=2, state_steady_advertisers=50,
-                     backtest_events=4000, session_timeout_ms=6000, startup_timeout_s=60.0,
+                     backtest_events=4000, scale_events=4000, poll_s=0.05,
+                     riskstream_worker=False,
+                     session_timeout_ms=6000, startup_timeout_s=60.0,
                      # several batches even from 4000 events, so a rate can be read
                      worker_env=(("RISKSTREAM_CHECKPOINT_MAX_EVENTS", "400"),),
                      total_budget_s=60.0),
@@ -115,7 +121,7 @@ PROFILES = {
                      backtest_events=200_000, total_budget_s=240.0),
     "full": Profile("full", events=1_000_000, recovery_extra_events=50_000,
                     latency_seconds=90.0, state_sizes=(1000, 10_000, 100_000),
-                    backtest_events=1_000_000, total_budget_s=900.0),
+                    backtest_events=1_000_000, scale_events=400_000, total_budget_s=900.0),
 }
 
 
@@ -374,6 +380,8 @@ def noop_app(app_id: str, bootstrap: str, topics: list[str], target: int, status
     app = faust.App(app_id, broker=[f"kafka://{hp.strip()}" for hp in bootstrap.split(",")],
                     store="memory://", datadir=datadir, web_port=web_port, web_host=HOST,
                     web_bind=HOST)
+    # The baseline stays Faust's default: never the worker's riskstream:// transport
+    assert type(app.transport).__module__.startswith("faust."), type(app.transport)
     topic = app.topic(*topics, key_serializer="raw", value_serializer="raw")
     status: dict[str, Any] = {"count": 0, "t_first": None, "t_last": None,
                               "cpu_first": None, "cpu_last": None}
@@ -612,16 +620,102 @@ def wait_consumed(w: WorkerProc, n: int, timeout: float, startup_timeout: float 
 def worker_throughput(procs: Processes, bootstrap: str, prefix: str, n: int, workdir: Path, *,
                       broker_kind: str = "apache", session_timeout_ms: int = 10_000,
                       timeout: float | None = None, startup_timeout: float = 90.0,
-                      worker_env: dict[str, str] | None = None
+                      worker_env: dict[str, str] | None = None, poll_s: float = 0.2
                       ) -> tuple[dict[str, Any], WorkerProc]:
     """The real worker over ``prefix`` until it consumed ``n`` events. Returns the figures and
     the (still running) worker: the caller stops it (or SIGKILLs it, see :func:`recovery`)."""
     w = start_worker(procs, bootstrap, prefix, workdir, broker_kind=broker_kind,
                      session_timeout_ms=session_timeout_ms, **(worker_env or {}))
-    res = wait_consumed(w, n, timeout or max(120.0, n / 1000), startup_timeout)
+    res = wait_consumed(w, n, timeout or max(120.0, n / 1000), startup_timeout, interval=poll_s)
     res.pop("metrics", None)
     res["app_id"] = w.app_id
     return res, w
+
+
+# -- 2b. scale-out: 2 worker processes vs 1 ---------------------------------------------------
+def owned_input_partitions(w: WorkerProc) -> set[tuple[str, str]] | None:
+    """The input partitions a worker owns: the label sets of its consumer-lag gauge (set for
+    every owned input partition once a second, removed on revocation)."""
+    try:
+        status, body = w.get("/metrics")
+    except (OSError, urllib.error.URLError):
+        return None
+    if status != 200:
+        return None
+    owned = set()
+    for line in body.decode().splitlines():
+        if line.startswith("riskstream_consumer_lag_messages{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:
+                                                          line.index("}")].split(","))
+            owned.add((labels["topic"].strip('"'), labels["partition"].strip('"')))
+    return owned
+
+
+def group_throughput(procs: Processes, bootstrap: str, workers: int, n: int, workdir: Path, *,
+                     advertisers: int, base_rate: float, broker_kind: str = "apache",
+                     session_timeout_ms: int = 10_000, startup_timeout: float = 90.0,
+                     timeout: float | None = None, worker_env: dict[str, str] | None = None,
+                     poll_s: float = 0.2) -> dict[str, Any]:
+    """``workers`` worker processes in one group on a fresh, empty topic set: once the group
+    has settled (every input partition owned by exactly one of them), ``n`` events are produced
+    and the rate is read from the sum of their consumed counters, first event to the n-th. No
+    rebalance happens while it is measured; the producer runs for the first ~1-2 s of it, in
+    both the 1- and the 2-worker run."""
+    from app.topics import apply_topics
+
+    prefix = f"bench-scale{workers}-{uuid.uuid4().hex[:8]}-"
+    apply_topics(bootstrap, prefix)
+    expected = 0
+    app_id = f"bench-scale{workers}-{uuid.uuid4().hex[:10]}"
+    ws = []
+    try:
+        for i in range(workers):
+            ws.append(start_worker(procs, bootstrap, prefix, workdir / f"w{i}", app_id=app_id,
+                                   data_dir=workdir / f"w{i}" / "data", broker_kind=broker_kind,
+                                   session_timeout_ms=session_timeout_ms, **(worker_env or {})))
+        for w in ws:
+            wait_ready(w, startup_timeout)
+        owned: list[set[tuple[str, str]]] = []
+        for _ in _deadline_loop(startup_timeout, 0.25, f"{workers} workers: group settled"):
+            for w in ws:
+                w.check_alive()
+            owned = [owned_input_partitions(w) or set() for w in ws]
+            union = set().union(*owned)
+            expected = len(union)
+            if (expected and all(owned) and sum(len(o) for o in owned) == expected
+                    and all(w.ready() for w in ws)):
+                break
+        produced = produce_topic_set(bootstrap, prefix, n, advertisers=advertisers,
+                                     base_rate=base_rate)
+        first: tuple[float, float] | None = None
+        cpu0: list[float | None] = []
+        count = 0.0
+        for _ in _deadline_loop(timeout or max(120.0, n / 1000), poll_s,
+                                f"{workers} workers: {n} events consumed"):
+            counts = []
+            for w in ws:
+                w.check_alive()
+                counts.append((w.metrics() or {}).get("riskstream_events_consumed_total", 0.0))
+            count = sum(counts)
+            now = time.monotonic()
+            if count > 0 and first is None:
+                first = (now, count)
+                cpu0 = [proc_cpu_seconds(w.proc.pid) for w in ws]
+            if count >= produced["events"]:
+                break
+        assert first is not None
+        secs = time.monotonic() - first[0]
+        if secs <= 0:
+            raise BenchError(f"{workers} workers: all events in one poll; use more events")
+        cpu1 = [proc_cpu_seconds(w.proc.pid) for w in ws]
+        cpu = sum((b - a) for a, b in zip(cpu0, cpu1) if a is not None and b is not None)
+        return {"workers": workers, "events": int(count), "seconds": round(secs, 3),
+                "events_per_s": round((produced["events"] - first[1]) / secs, 1),
+                "cpu_seconds": round(cpu, 2), "cpu_share": round(cpu / secs, 2),
+                "partitions_per_worker": [len(o) for o in owned], "app_id": app_id}
+    finally:
+        for w in ws:
+            procs.stop(w.proc)
 
 
 # -- 3. recovery -------------------------------------------------------------------------------
@@ -987,6 +1081,12 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("worker_events_per_cpu_s", r.get("worker_events_per_cpu_s"), "events/CPU-s"),
         ("cpu_ratio_vs_faust_noop", r.get("cpu_ratio_vs_faust_noop"), "x, per CPU-second"),
         ("cpu_ratio_vs_bare_loop", r.get("cpu_ratio_vs_bare_loop"), "x, per CPU-second"),
+        ("worker_riskstream_events_per_s", r.get("worker_riskstream_events_per_s"),
+         "events/s, RISKSTREAM_TRANSPORT=riskstream (experimental)"),
+        ("ratio_riskstream_vs_faust_noop", r.get("ratio_riskstream_vs_faust_noop"), "x"),
+        ("ratio_riskstream_vs_bare_loop", r.get("ratio_riskstream_vs_bare_loop"), "x"),
+        ("scale_out_ratio_2v1", r.get("scale_out_ratio_2v1"),
+         "x, 2 worker processes vs 1 (one group, same machine)"),
         ("latency_p50_ms", r.get("latency_p50_ms"), "ms after window end"),
         ("latency_p99_ms", r.get("latency_p99_ms"),
          f"ms (target < {_fmt(r.get('latency_target_p99_ms'))})"),
@@ -1112,7 +1212,8 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
             got = part("worker", lambda: worker_throughput(
                 procs, bootstrap, prefix, n, workdir / "worker", broker_kind=broker_kind,
                 session_timeout_ms=profile.session_timeout_ms,
-                startup_timeout=profile.startup_timeout_s, worker_env=dict(profile.worker_env)))
+                startup_timeout=profile.startup_timeout_s, worker_env=dict(profile.worker_env),
+                poll_s=profile.poll_s))
             if got:
                 wres, wproc = got
                 details["worker"] = wres
@@ -1127,6 +1228,23 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                     details["recovery"] = rec
                     r["recovery_s"] = rec["recovery_s"]
                     r["recovery_caught_up_s"] = rec["recovery_caught_up_s"]
+            if profile.riskstream_worker:
+                got_rs = part("worker_riskstream", lambda: worker_throughput(
+                    procs, bootstrap, prefix, n, workdir / "worker-riskstream",
+                    broker_kind=broker_kind, session_timeout_ms=profile.session_timeout_ms,
+                    startup_timeout=profile.startup_timeout_s, poll_s=profile.poll_s,
+                    worker_env={**dict(profile.worker_env),
+                                "RISKSTREAM_TRANSPORT": "riskstream"}))
+                if got_rs:
+                    procs.stop(got_rs[1].proc)
+                    details["worker_riskstream"] = got_rs[0]
+                    rs_eps = r["worker_riskstream_events_per_s"] = got_rs[0]["events_per_s"]
+                    if r["faust_noop_events_per_s"]:
+                        r["ratio_riskstream_vs_faust_noop"] = round(
+                            rs_eps / r["faust_noop_events_per_s"], 3)
+                    if r["bare_loop_events_per_s"]:
+                        r["ratio_riskstream_vs_bare_loop"] = round(
+                            rs_eps / r["bare_loop_events_per_s"], 4)
             for name in ("bare_loop", "faust_noop", "worker"):
                 r[f"{name}_events_per_cpu_s"] = (details.get(name) or {}).get("events_per_cpu_s")
             w_cpu = r["worker_events_per_cpu_s"]
@@ -1145,6 +1263,20 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                 r["ratio_vs_faust_noop"] = round(w_eps / r["faust_noop_events_per_s"], 3)
             if w_eps and r["bare_loop_events_per_s"]:
                 r["ratio_vs_bare_loop"] = round(w_eps / r["bare_loop_events_per_s"], 4)
+        if profile.scale_events:
+            scale: dict[int, Any] = {}
+            for k in (1, 2):
+                got_k = part(f"scale_{k}", lambda k=k: group_throughput(
+                    procs, bootstrap, k, profile.scale_events, workdir / f"scale{k}",
+                    advertisers=profile.advertisers, base_rate=profile.base_rate,
+                    broker_kind=broker_kind, session_timeout_ms=profile.session_timeout_ms,
+                    startup_timeout=profile.startup_timeout_s,
+                    worker_env=dict(profile.worker_env), poll_s=profile.poll_s))
+                if got_k:
+                    details[f"scale_{k}"] = scale[k] = got_k
+            if len(scale) == 2:
+                r["scale_out_ratio_2v1"] = round(scale[2]["events_per_s"]
+                                                 / scale[1]["events_per_s"], 3)
         lat = part("latency", lambda: latency(
             procs, bootstrap, workdir / "latency", seconds=profile.latency_seconds,
             rate=profile.latency_rate, advertisers=profile.latency_advertisers,

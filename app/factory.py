@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.topics import load_topics
+from app.transport import SCHEME, QuietMonitor, RawSchema
 from riskstream.decision import DecisionConfig
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.events import Limits
@@ -108,14 +109,27 @@ def recovery_remaining(faust_app: faust.App) -> dict[str, int]:
             "standby": recovery.standby_remaining_total()}
 
 
+def transport_scheme(settings: Settings) -> str:
+    """``kafka`` (Faust's stock aiokafka transport) by default and always with exactly_once;
+    ``riskstream`` (app/transport.py, experimental: see docs/performance.md) on request."""
+    if settings.transport not in ("kafka", SCHEME):
+        raise ValueError(f"RISKSTREAM_TRANSPORT: {settings.transport!r} is not one of "
+                         f"'kafka', {SCHEME!r}")
+    if settings.processing_guarantee == "exactly_once":
+        return "kafka"
+    return settings.transport
+
+
 def create_app(settings: Settings, bootstrap: str, *,
                registry: CollectorRegistry | None = None) -> RiskApp:
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     declared = {t.name: t for t in load_topics()}
     partitions = declared["ad-impressions"].partitions
+    scheme = transport_scheme(settings)
     faust_app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()],
+        broker=[f"{scheme}://{hp.strip()}" for hp in bootstrap.split(",") if hp.strip()],
+        Monitor=QuietMonitor,
         broker_credentials=broker_credentials(settings),
         store="memory://",
         datadir=settings.data_dir,
@@ -141,20 +155,22 @@ def create_app(settings: Settings, bootstrap: str, *,
     metrics.track_runtime(lambda: faust_app.consumer.assignment(),
                           lambda: recovery_remaining(faust_app))
     t = settings.topic
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    def raw() -> dict[str, Any]:  # bytes as they are: the engine encodes, validation decodes
+        return {"schema": RawSchema()}
+
     # Enforcement decisions are co-partitioned with the inputs (key advertiser_id), so a
     # decision reaches the worker that holds that advertiser's state.
     inputs = faust_app.topic(t("ad-impressions"), t("user-feedback"),
-                             t("risk-enforcement-decisions"), **raw)
+                             t("risk-enforcement-decisions"), **raw())
     topics = {
         "impressions": t("ad-impressions"),
         "feedback": t("user-feedback"),
         "decisions": t("risk-enforcement-decisions"),
         "inputs": inputs,
-        "alerts": faust_app.topic(t("risk-alerts"), **raw),
-        "shadow_alerts": faust_app.topic(t("risk-alerts-shadow"), **raw),
-        "scores": faust_app.topic(t("risk-scores"), **raw),
-        "dead_letter": faust_app.topic(t("risk-dead-letter"), **raw),
+        "alerts": faust_app.topic(t("risk-alerts"), **raw()),
+        "shadow_alerts": faust_app.topic(t("risk-alerts-shadow"), **raw()),
+        "scores": faust_app.topic(t("risk-scores"), **raw()),
+        "dead_letter": faust_app.topic(t("risk-dead-letter"), **raw()),
         "model_control": t("risk-model-control"),
     }
     # value_type=bytes makes Faust's changelog serializer "raw": the engine stores its own

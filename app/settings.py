@@ -57,6 +57,11 @@ class Settings:
     processing_guarantee: str = _setting(
         "at_least_once", "RISKSTREAM_PROCESSING_GUARANTEE",
         "at_least_once (alert ids are idempotent) or exactly_once (Kafka transactions).")
+    transport: str = _setting(
+        "kafka", "RISKSTREAM_TRANSPORT",
+        "Faust transport of the worker: kafka (Faust's stock aiokafka) or riskstream "
+        "(app/transport.py: aiokafka without Faust's per-message tasks; experimental, see "
+        "docs/performance.md). exactly_once always uses kafka.")
     producer_max_batch_size: int = _setting(
         16384, "RISKSTREAM_PRODUCER_MAX_BATCH_SIZE",
         "Faust producer batch size in bytes. The embedded Tansu broker needs 1: it reports a "
@@ -88,8 +93,9 @@ class Settings:
         1.0, "RISKSTREAM_CHECKPOINT_INTERVAL_S",
         "How often in-memory state is written to the changelog table and offsets committed.")
     checkpoint_max_events: int = _setting(
-        5000, "RISKSTREAM_CHECKPOINT_MAX_EVENTS",
-        "Checkpoint early after this many events (bounds replay after a crash).")
+        50_000, "RISKSTREAM_CHECKPOINT_MAX_EVENTS",
+        "Checkpoint early after this many events (bounds replay after a crash and the events "
+        "held unacknowledged in memory).")
     standby_replicas: int = _setting(1, "RISKSTREAM_STANDBY_REPLICAS",
                                      "Standby table replicas for fast failover.")
     # Windows and validation

@@ -15,6 +15,7 @@ wall clock online, do not apply offline.
 from __future__ import annotations
 
 import heapq
+import operator
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+_event_time = operator.itemgetter("event_time")
+
+
 def read_lines(path: Path | str) -> list[bytes]:
     with open(path, "rb") as fh:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
@@ -75,9 +79,11 @@ def replay(
     # Per partition, per source: the events in "produce" order (file order), validated.
     per_partition: dict[int, dict[str, list[dict]]] = {}
     raw_by_source = {"impression": impressions, "feedback": feedback}
-    partition_of: dict[str, int] = {}  # murmur2 in Python is slow: once per advertiser
+    # advertiser -> its partition's list of this source: murmur2 in Python is slow, and a dict
+    # lookup per event is all the routing then costs
     for source, lines in raw_by_source.items():
         validate = validators[source]
+        route: dict[str, list[dict]] = {}
         for raw in lines:
             try:
                 ev = validate(raw, 1 << 62, REPLAY_LIMITS)
@@ -85,33 +91,37 @@ def replay(
                 result.invalid[exc.reason] = result.invalid.get(exc.reason, 0) + 1
                 continue
             adv = ev["advertiser_id"]
-            p = partition_of.get(adv)
-            if p is None:
-                p = partition_of[adv] = partition_for(adv.encode(), partitions)
-            per_partition.setdefault(p, {"impression": [], "feedback": []})[source].append(ev)
+            dest = route.get(adv)
+            if dest is None:
+                p = partition_for(adv.encode(), partitions)
+                dest = route[adv] = per_partition.setdefault(
+                    p, {"impression": [], "feedback": []})[source]
+            dest.append(ev)
     total = sum(len(v["impression"]) + len(v["feedback"]) for v in per_partition.values())
     done = 0
     out = result.outputs
+    process = engine.process
+    invalid = result.invalid
     for p in sorted(per_partition):
-        streams = per_partition[p]
-        for source in ("impression", "feedback"):
-            if not streams[source]:
+        imps, fbs = per_partition[p]["impression"], per_partition[p]["feedback"]
+        for source, evs in (("impression", imps), ("feedback", fbs)):
+            if not evs:
                 out.extend(engine.set_caught_up(p, source, True))
-        remaining = {s: len(streams[s]) for s in streams}
-        merged = heapq.merge(
-            ((ev["event_time"], 0, i, ev) for i, ev in enumerate(streams["impression"])),
-            ((ev["event_time"], 1, i, ev) for i, ev in enumerate(streams["feedback"])),
-        )
-        for _t, _s, _i, ev in merged:
-            source = ev["type"]
-            remaining[source] -= 1
+        # A source is caught up with its last event (as the agent at the highwater). Ties in
+        # event time: impressions first, each source in file order (merge is stable).
+        last_imp = imps[-1] if imps else None
+        last_fb = fbs[-1] if fbs else None
+        for ev in heapq.merge(imps, fbs, key=_event_time):
             try:
-                out.extend(engine.process(ev, p, caught_up=remaining[source] == 0))
+                closed = process(ev, p, ev is last_imp or ev is last_fb)
             except InvalidEvent as exc:
-                result.invalid[exc.reason] = result.invalid.get(exc.reason, 0) + 1
-            done += 1
-            if progress is not None and done % 100_000 == 0:
-                progress(done, total)
+                invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
+                continue
+            if closed:
+                out.extend(closed)
+        done += len(imps) + len(fbs)
+        if progress is not None:
+            progress(done, total)
     engine.checkpoint()
     result.events = done
     result.seconds = time.perf_counter() - started

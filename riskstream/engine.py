@@ -36,7 +36,7 @@ from riskstream.alerts import build_alert, iso_ms
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
 from riskstream.events import InvalidEvent
 from riskstream.features import window_features
-from riskstream.windows import AdvertiserWindow, window_start
+from riskstream.windows import AdvertiserWindow
 
 STATE_FORMAT = 1
 MAX_STATE_BYTES = 256 * 1024
@@ -191,8 +191,12 @@ class _PartitionClock:
         self.heap: list[tuple[int, str, int]] = []  # (window end, advertiser, window start)
 
     def close_watermark(self) -> int:
-        lagging = [self.wm[s] for s in SOURCES if not self.caught_up[s]]
-        return min(lagging) if lagging else max(self.wm.values())
+        # min over the sources still lagging, max once all are caught up (two sources: inlined)
+        wm, caught_up = self.wm, self.caught_up
+        imp, fb = wm["impression"], wm["feedback"]
+        if caught_up["impression"]:
+            return (imp if imp > fb else fb) if caught_up["feedback"] else fb
+        return imp if caught_up["feedback"] or imp < fb else fb
 
 
 def advertiser_key(partition: int, advertiser_id: str) -> str:
@@ -212,6 +216,8 @@ class RiskEngine:
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
+        self._window_ms = config.window_ms
+        self._lateness_ms = config.lateness_ms
         self.store = store
         self.model_config = model_config or ModelConfig()
         self._clock_ms = clock_ms
@@ -306,6 +312,10 @@ class RiskEngine:
     def state_of(self, partition: int, advertiser_id: str) -> AdvertiserState | None:
         return self._state_for_key(advertiser_key(partition, advertiser_id))
 
+    def has_changes(self) -> bool:
+        """Whether a checkpoint would write anything."""
+        return bool(self._dirty or self._dirty_meta)
+
     def checkpoint(self) -> int:
         """Write every changed advertiser and partition clock to the store. Returns writes."""
         writes = 0
@@ -362,20 +372,26 @@ class RiskEngine:
 
         Raises InvalidEvent("late_event") when the event's window has already closed.
         """
+        # The hot path of both the worker and the replay: lookups are inlined on purpose
+        # (window_start, _partition, _state_for_key, close_watermark), see docs/performance.md.
         source = event["type"]
         t = event["event_time"]
-        size = self.config.window_ms
-        start = window_start(t, size)
+        size = self._window_ms
+        start = t - t % size  # window_start(t, size)
         end = start + size
-        clock = self._partition(partition)
+        clock = self._partitions.get(partition)
+        if clock is None:
+            clock = self._load_partition(partition)
         if end <= clock.closed_to:
             self.stats["late"] += 1
             raise InvalidEvent("late_event", f"window ending {iso_ms(end)} already closed")
         adv = event["advertiser_id"]
-        key = advertiser_key(partition, adv)
-        st = self._state_for_key(key)
+        key = f"a:{partition}:{adv}"  # advertiser_key(partition, adv)
+        st = self._states.get(key)
         if st is None:
-            st = self._states[key] = AdvertiserState(adv, partition)
+            st = self._state_for_key(key)
+            if st is None:
+                st = self._states[key] = AdvertiserState(adv, partition)
         w = st.windows.get(start)
         if w is None:
             w = st.windows[start] = AdvertiserWindow(start, end)
@@ -394,8 +410,9 @@ class RiskEngine:
         self._dirty.add(key)
         self.stats["events"] += 1
         changed = False
-        if t > clock.wm[source]:
-            clock.wm[source] = t
+        wm = clock.wm
+        if t > wm[source]:
+            wm[source] = t
             changed = True
         if clock.caught_up[source] != caught_up:
             clock.caught_up[source] = caught_up
@@ -406,14 +423,15 @@ class RiskEngine:
         return []
 
     def _advance(self, partition: int, clock: _PartitionClock) -> list[Output]:
-        wm = clock.close_watermark()
-        due_before = wm - self.config.lateness_ms  # windows with end <= this are due
+        due_before = clock.close_watermark() - self._lateness_ms  # ends <= this are due
         if due_before <= clock.closed_to:
             return []
         clock.closed_to = due_before
         self._dirty_meta.add(partition)
-        out: list[Output] = []
         heap = clock.heap
+        if not heap or heap[0][0] > due_before:
+            return []
+        out: list[Output] = []
         while heap and heap[0][0] <= due_before:
             _end, adv, start = heapq.heappop(heap)
             key = advertiser_key(partition, adv)

@@ -97,6 +97,9 @@ def test_bench_smoke_reports_every_figure(kafka_broker, tmp_path):
         else:
             assert _numeric(r[key]), (key, r[key])
     assert _numeric(r["N"]) and r["N"] > 0
+    # the 2-worker run really ran as two members, each owning input partitions
+    assert r["details"]["scale_2"]["workers"] == 2
+    assert all(n > 0 for n in r["details"]["scale_2"]["partitions_per_worker"])
     assert r["machine"]["cpu_count"] and r["machine"]["python_version"]
     assert "git_commit" in r and r["command"]
     print(f"smoke bench: {elapsed:.1f}s")

@@ -1,0 +1,302 @@
+"""An experimental Faust transport for the worker: aiokafka, minus Faust's per-message task
+overhead (about 3-4x the worker's throughput, see docs/performance.md).
+
+OPT-IN (``RISKSTREAM_TRANSPORT=riskstream``), NOT THE DEFAULT: its delivery test in
+tests/test_transport.py (rebalance, then SIGKILL mid-stream) stalls one partition's commits in
+about half of the runs, which the stock transport never did; the cause is not found yet
+(docs/performance.md, "Known bug"). The rest of this module -- ``event_batches``,
+``QuietMonitor``, ``RawSchema``, ``tune_gc`` -- is used on every transport.
+
+Registered as ``riskstream://`` (the ``faust.transports`` entry point in pyproject.toml; also
+registered here on import, for a checkout whose install predates the entry point). It is the
+stock aiokafka transport (``faust.transport.drivers.aiokafka.Transport``) with three changes,
+each small and each pinned by tests/test_transport.py against faust-streaming 0.15.3,
+aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test first):
+
+1. :meth:`Consumer._drain_messages` hands each fetched message to the Conductor with a plain
+   ``await callback(message)``. Faust's own loop wraps every message in
+   ``Service.wait_first(callback(message), suspend_flow.wait())``: two tasks, an
+   ``asyncio.wait`` and a dict of futures per event, about a quarter of a no-op worker's CPU.
+   That wait exists so a callback blocked on flow control, a full producer buffer or a full
+   channel queue can be abandoned when a rebalance suspends the flow. The fast path is taken
+   only when none of those can block (checked before the call), so the callback runs to its end
+   without yielding, exactly as it would inside ``wait_first``; otherwise the stock
+   ``wait_first`` runs. And the loop does not commit every ``broker_commit_every`` acks itself:
+   the agent acknowledges a whole checkpoint at once, often during a revocation, and a commit
+   started by the fetch loop then could wait on the consumer thread that waits on the
+   revocation (seen as a stalled partition in tests/test_transport.py). Commits come from
+   Faust's commit timer (``broker_commit_interval``), rebalances and shutdown. Everything
+   else -- gap tracking, read offsets, stop and cancel handling -- is Faust's code.
+2. ``fetch_max_wait_ms`` is :data:`FETCH_MAX_WAIT_MS` instead of the 1,500 ms Faust hard-codes:
+   aiokafka keeps one fetch in flight per broker, and a long-poll that only covers idle
+   partitions (changelogs, caught-up inputs) otherwise stalls partitions that have data.
+3. :class:`QuietMonitor` (the ``Monitor`` app setting, not part of the transport): Faust's
+   default sensor keeps per-message statistics nobody here reads (our figures are the
+   Prometheus metrics of ``app.metrics``); the per-message hooks are no-ops.
+
+And the agents read their input with :func:`event_batches` instead of ``Stream.noack_take``,
+which runs every event through the stream's iterator, a processor and a passive drainer task.
+
+Delivery: messages are still tracked as unacked, acknowledged by the agent only after its
+checkpoint, and committed by Faust's own commit path; messages of an older consumer generation
+are skipped exactly as ``Stream`` skips them. tests/test_transport.py kills and rebalances a
+worker mid-stream on Apache Kafka and checks every input offset is committed, and that every
+score and alert equals the backtest's (``RISKSTREAM_TEST_TRANSPORT=riskstream`` runs it on this
+transport).
+
+exactly_once: Faust's transactions live in the aiokafka transport's producer and consumer, which
+this transport inherits unchanged; still, ``app.factory`` uses the stock ``kafka://`` transport
+whenever ``RISKSTREAM_PROCESSING_GUARANTEE=exactly_once``, because only the stock one is tested
+with transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any, AsyncIterator, Callable, cast
+
+import faust
+from faust.sensors.monitor import Monitor
+from faust.transport import producer as faust_producer
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import EventT
+
+#: The versions this module was written and tested against (tests/test_transport.py).
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+
+SCHEME = "riskstream"
+FETCH_MAX_WAIT_MS = 100
+GC_GEN0_THRESHOLD = 50_000
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a thread loop
+        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the only
+        # change is the fast path marked below.
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        flow_suspended = self.suspend_flow.is_set
+        flow_active = self.app.flow_control.is_active
+        buffer = self.app.producer.buffer
+        tp_index = self.app.topics._tp_index  # tp -> the channels the Conductor feeds
+        sleep = asyncio.sleep
+        flag = CONSUMER_FETCHING
+        yield_every = 100
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag)
+                ait = cast(AsyncIterator, getmany(timeout=1.0))
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            # -- the change: no wait_first when the callback cannot block ---
+                            if flow_active() and not flow_suspended() and not (
+                                    buffer.size > buffer.max_messages
+                                    or any(c.queue.full() for c in tp_index.get(tp, ()))):
+                                await callback(message)  # runs to its end without yielding
+                            else:  # it could wait: Faust's own handling
+                                await self.wait_first(callback(message),
+                                                      self.suspend_flow.wait())
+                            # ------------------------------------------------------------
+                            set_read_offset(tp, offset)
+                    unset_flag(flag)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag)
+
+
+class ProducerBuffer(faust_producer.ProducerBuffer):
+    """Faust's buffer of ``send_soon`` messages, whose ``size`` -- asked by the Conductor for
+    every message -- read the ``producer_threaded`` setting through the settings registry on
+    every call."""
+
+    @property
+    def size(self) -> int:
+        return self.pending.qsize()
+
+
+class Producer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.threaded_producer is None:  # the threaded producer keeps Faust's buffer
+            self.buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+            self.buffer.app = self.app
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer  # type: ignore[assignment]
+    Producer = Producer  # type: ignore[assignment]
+    driver_version = faust_aiokafka.Transport.driver_version
+
+
+class QuietMonitor(Monitor):
+    """Faust's Monitor without its per-message bookkeeping (rebalance and commit hooks stay)."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any,
+                            state: Any = None) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_topic_buffer_full(self, tp: Any) -> None:
+        pass
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        pass
+
+    def on_table_del(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int,
+                          valsize: int) -> Any:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        pass
+
+
+class RawSchema(faust.Schema):
+    """Keys and values as the bytes on the wire (validation is ours). Faust's decode of a raw
+    schema still looks both codecs up in its registry and the Event class in the settings for
+    every message; this one binds them once."""
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, *, on_key_decode_error: Any = None,
+                on_value_decode_error: Any = None, default_propagate: bool = False) -> Any:
+        event_class = app.conf.Event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return event_class(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+def tune_gc() -> None:
+    """Fewer garbage collections in a worker. Every event allocates a handful of short-lived
+    objects (Message, Event, the decoded dict) while the heap holds the advertisers' states and
+    the events awaiting their checkpoint: with CPython's default gen-0 threshold (700
+    allocations) collections ran every few events and scanned that heap (about a tenth of the
+    worker's CPU in a profile). Objects alive at start-up are frozen out of collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
+
+
+def register() -> None:
+    """Make ``riskstream://`` resolvable even without the installed entry point."""
+    from faust.transport.drivers import TRANSPORTS
+
+    TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
+
+
+register()
+
+
+async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: float
+                        ) -> AsyncIterator[list[EventT]]:
+    """The events of ``stream``'s channel, as lists: each list is what is queued when the agent
+    asks (at most ``max_events``), so a backlog arrives in large lists and a trickle in small
+    ones, without any wait for a batch to fill. An empty list after ``idle_s`` without events,
+    so the caller can checkpoint (and must, when a rebalance or shutdown suspends the flow:
+    Faust waits for every tracked message to be acknowledged). Nothing is acknowledged here:
+    the caller acks each event (``event.message.ack(app.consumer)``) once it is safe.
+
+    This replaces ``Stream.noack_take``, which runs every event through the stream's iterator, a
+    processor and a passive drainer task. Per event it keeps what ``Stream.__aiter__`` does for
+    delivery: it tracks the message as unacked (Faust's commit, rebalance and shutdown wait for
+    it), and it skips -- and acks -- a message of an older consumer generation or one that
+    arrived while flow control is suspended (a rebalance: the partition's owner fetches it
+    again from the committed offset).
+    """
+    channel = aiter(stream.channel)  # registers the iterator's queue with the Conductor
+    queue = channel.queue
+    get_nowait = queue.get_nowait
+    empty = queue.empty
+    errors = queue._errors
+    consumer = app.consumer
+    add_unacked: Callable[[Any], None] = consumer.unacked.add
+    acking_topics = app.topics.acking_topics
+    flow_active = app.flow_control.is_active
+    wait_for = asyncio.wait_for
+    while not stream.should_stop:
+        batch: list[EventT] = []
+        if empty():
+            try:
+                item = await wait_for(queue.get(), idle_s)
+            except asyncio.TimeoutError:
+                yield batch
+                continue
+            except StopAsyncIteration:  # the channel was closed (the agent is stopping)
+                return
+        else:
+            item = get_nowait()
+        while True:
+            if isinstance(item, EventT):
+                message = item.message
+                if not flow_active() or message.generation_id != app.consumer_generation_id:
+                    message.ack(consumer)
+                else:
+                    if message.topic in acking_topics and not message.tracked:
+                        message.tracked = True
+                        add_unacked(message)
+                    batch.append(item)
+            if errors:
+                raise errors.popleft()
+            if len(batch) >= max_events or empty():
+                break
+            item = get_nowait()
+        yield batch
