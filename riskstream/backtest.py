@@ -134,8 +134,10 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
     """Incident recall, episode precision, detection delay (windows) and alert volume.
 
     An incident counts as detected when an enforce alert (open or escalated) of its advertiser
-    falls in ``[start, end + grace]``; grace covers signals that trail the incident (complaints
-    arrive hours after a cloaked conversion). An alert episode (status ``open``) is a true
+    falls in ``[start, max(end + grace, signal_end)]``: grace covers signals that trail the
+    incident, and ``signal_end_ms`` (in the simulator's ground truth) is when the incident's own
+    trailing signals stop -- complaints and refunds arrive hours after a cloaked conversion, and
+    an alert on them is caused by the incident. An alert episode (status ``open``) is a true
     positive when it overlaps an incident that expects an alert, else a false positive (benign
     look-alikes included).
     """
@@ -147,7 +149,8 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
     def matches(a: dict, t: dict) -> bool:
         return (a["advertiser_id"] == t["advertiser_id"]
                 and a["window"]["end"] > t["start_ms"]
-                and a["window"]["start"] <= t["end_ms"] + grace_ms)
+                and a["window"]["start"] <= max(t["end_ms"] + grace_ms,
+                                                t.get("signal_end_ms", 0)))
 
     detected, delays = 0, []
     per_kind: dict[str, dict[str, int]] = {}

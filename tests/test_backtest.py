@@ -126,6 +126,15 @@ def test_evaluate_matches_incidents_by_advertiser_and_time():
     missed = evaluate([alert("a", 0)], [t], window_ms=60_000, grace_ms=0, advertiser_hours=1.0)
     assert missed["detected"] == 0 and missed["incident_recall"] == 0.0
 
+    # trailing signals: an alert after end + grace but before the incident's signal_end_ms (late
+    # complaints of a cloaked page) is the incident's detection, not a false positive
+    late = [alert("a", 3_000_000)]
+    fixed = evaluate(late, [t], window_ms=60_000, grace_ms=600_000, advertiser_hours=1.0)
+    assert fixed["detected"] == 0 and fixed["true_episodes"] == 0
+    trailing = evaluate(late, [{**t, "signal_end_ms": 3_600_000}], window_ms=60_000,
+                        grace_ms=600_000, advertiser_hours=1.0)
+    assert trailing["detected"] == 1 and trailing["true_episodes"] == 1
+
 
 def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     imp_path, fb_path, truth_path = (tmp_path / n for n in
