@@ -34,8 +34,6 @@ app.model_control.ControlError: robust-baseline is not a current shadow (shadows
 from __future__ import annotations
 
 import sys
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -141,70 +139,25 @@ def _client_config(settings: Any) -> dict[str, Any]:
 
 def read_control(bootstrap: str, settings: Any, timeout: float = 30.0) -> ControlLog:
     """Read partition 0 of the control topic from the beginning up to its high watermark
-    (assigned, no consumer group). Raises ControlIOError if the topic is missing or not read
-    to the end within ``timeout`` seconds."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+    (``app.topic_range``: assigned, no consumer group). Raises ControlIOError if the topic is
+    missing or not read to the end within ``timeout`` seconds."""
+    from confluent_kafka import KafkaException
+
+    from app.topic_range import TopicRangeError, read_topic_range
 
     topic = settings.topic(CONTROL_TOPIC)
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"riskstream-models-{uuid.uuid4().hex}",  # required; never joined
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        **_client_config(settings),
-    })
     log = ControlLog()
-    deadline = time.monotonic() + timeout
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-            if meta is None or meta.error is not None or 0 not in meta.partitions:
-                why = meta.error if meta is not None and meta.error is not None else "missing"
-                raise ControlIOError(f"topic {topic} not available ({why}); create it with "
-                                     f"`riskstream topics apply`")
-            high = _high_watermark(consumer, TopicPartition(topic, 0), deadline)
-        except KafkaException as exc:
-            raise ControlIOError(f"cannot read {topic} at {bootstrap}: {exc}") from None
-        if high <= 0:
-            return log
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        position = -1
-        while position < high - 1:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ControlIOError(f"read {topic} only up to offset {position} of {high} "
-                                     f"within {timeout:.0f}s")
-            for msg in consumer.consume(num_messages=500, timeout=min(left, 0.5)):
-                err = msg.error()
-                if err is not None:
-                    if err.fatal():
-                        raise ControlIOError(f"reading {topic}: {err}")
-                    continue
-                log.add(msg.offset(), msg.value())
-                position = max(position, msg.offset())
-        return log
-    finally:
-        consumer.close()
-
-
-def _high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
-    """The partition's high watermark, retrying retriable errors (e.g. no leader yet right
-    after ``topics apply``) until ``deadline``."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.REQUEST_TIMED_OUT,
-                 KafkaError._TRANSPORT}
-    while True:
-        try:
-            return consumer.get_watermark_offsets(
-                tp, timeout=max(deadline - time.monotonic(), 1.0))[1]
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            retry = isinstance(err, KafkaError) and (err.code() in transient or err.retriable())
-            if not retry or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)  # back off before asking again
+        records = read_topic_range(bootstrap, topic, client_config=_client_config(settings),
+                                   timeout=timeout)
+    except TopicRangeError as exc:
+        raise ControlIOError(str(exc)) from None
+    except KafkaException as exc:
+        raise ControlIOError(f"cannot read {topic} at {bootstrap}: {exc}") from None
+    for r in records:
+        if r.partition == 0:
+            log.add(r.offset, r.value)
+    return log
 
 
 def publish(bootstrap: str, settings: Any, cfg: ModelConfig, timeout: float = 30.0

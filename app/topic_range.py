@@ -80,12 +80,12 @@ def read_topic_range(bootstrap: str, topic: str, *, client_config: dict[str, Any
             raise TopicRangeError(f"cannot read {topic} at {bootstrap}: {exc}") from None
         if meta is None or meta.error is not None or not meta.partitions:
             why = meta.error if meta is not None and meta.error is not None else "missing"
-            raise TopicRangeError(f"topic {topic} not available ({why})")
+            raise TopicRangeError(f"topic {topic} not available ({why}); create it with "
+                                  f"`riskstream topics apply`")
         ends: dict[int, int] = {}
         starts: dict[int, int] = {}
         for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                       timeout=max(deadline - time.monotonic(), 1))
+            low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
             ends[p], starts[p] = high, low
         if since_ms is not None:
             asked = [TopicPartition(topic, p, since_ms) for p in ends]
@@ -133,3 +133,24 @@ def read_topic_range(bootstrap: str, topic: str, *, client_config: dict[str, Any
         return [r for p in sorted(records) for r in records[p]]
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Any, tp: Any, deadline: float) -> tuple[int, int]:
+    """The partition's (low, high) watermarks, retrying retriable errors (e.g. no leader yet
+    right after ``topics apply``) until ``deadline``."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.REQUEST_TIMED_OUT,
+                 KafkaError._TRANSPORT}
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                tp, timeout=max(deadline - time.monotonic(), 1.0))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retry = isinstance(err, KafkaError) and (err.code() in transient or err.retriable())
+            if not retry or time.monotonic() >= deadline:
+                raise TopicRangeError(f"cannot read the offsets of {tp.topic} "
+                                      f"[{tp.partition}]: {exc}") from None
+            time.sleep(0.2)  # back off before asking again
