@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from app.transport import event_batches
+from app.transport import commit_offsets, event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
                                validate_feedback, validate_impression)
@@ -97,8 +97,22 @@ def register_agents(ra: Any) -> None:
         if writes:
             metrics.model_state_bytes.set(engine.stats["last_checkpoint_bytes"])
         last_checkpoint[0] = time.monotonic()
+        consumer = app.consumer
+        if not app.in_transaction:
+            # Commit what the state now on the changelog records (app.transport.commit_offsets),
+            # also when a rebalance or shutdown stops the flow: Faust's own commit of
+            # acknowledged offsets then finds nothing beyond it.
+            offsets = {}
+            for tp in consumer.assignment():
+                if tp.topic in source_of:
+                    nxt = engine.input_offsets(tp.partition).get(tp.topic, -1)
+                    if nxt >= 0:
+                        offsets[tp] = nxt
+            try:
+                await commit_offsets(consumer, offsets)
+            except Exception as exc:  # the next checkpoint commits again (at-least-once)
+                log.warning("offset commit failed: %s", exc)
         if pending:
-            consumer = app.consumer
             for event in pending:
                 event.message.ack(consumer)
             pending.clear()
@@ -120,28 +134,61 @@ def register_agents(ra: Any) -> None:
                     if checkpoint_due():
                         await checkpoint()
 
+    # Each input partition's events are applied in offset order, from the offset the state
+    # expects (``engine.next_offset``, checkpointed with the state): an earlier offset is a
+    # replay (skipped), a later one a gap -- events delivered past ones that never came, e.g.
+    # skipped by the consumer during a rebalance, or a committed offset ahead of the state. A
+    # gap is never processed over: the partition is fetched again from the expected offset (the
+    # run of events already fetched behind the gap is skipped until the re-fetch arrives, which
+    # starts at or below the last offset seen). If the re-fetch itself starts past the expected
+    # offset, those offsets do not exist (retention, transaction markers): counted, accepted.
+    refetch: dict[Any, list[int]] = {}  # tp -> [expected offset, last offset seen]
+
     async def process_batch(batch: list[Any]) -> None:
         started = time.perf_counter()
         async with lock:
-            assigned = app.consumer.assignment()
+            consumer = app.consumer
+            assigned = consumer.assignment()
+            untrack = consumer.unacked.discard
             now_ms = int(time.time() * 1000)
             now = time.monotonic()
             consumed: dict[str, int] = {}
             replayed = 0
-            pending.extend(batch)
+            seek_to: dict[Any, int] = {}
             for event in batch:
                 msg = event.message
                 tp = msg.tp
                 if tp not in assigned:
-                    continue  # revoked mid-batch: the new owner replays it
+                    untrack(msg)  # revoked mid-batch: not acknowledged, the new owner reads it
+                    continue
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
-                source, validate = source_of[topic]
+                expected = engine.next_offset(partition, topic)
+                if offset > expected >= 0:
+                    gap = refetch.get(tp)
+                    if gap is None or offset > gap[1]:  # a gap, or the run fetched behind it
+                        if gap is None:
+                            metrics.input_gaps.labels(topic, "refetched").inc()
+                            log.warning("input gap: %s[%d] expected offset %d, got %d "
+                                        "(committed %s); fetching again", topic, partition,
+                                        expected, offset, consumer._committed_offset.get(tp))
+                        refetch[tp] = [expected, offset]
+                        seek_to[tp] = expected
+                        untrack(msg)  # never acknowledged: it comes again
+                        continue
+                    del refetch[tp]  # the re-fetch starts past the expected offset
+                    metrics.input_gaps.labels(topic, "missing").inc()
+                    log.warning("input offsets %d-%d of %s[%d] do not exist (retention or "
+                                "transaction markers)", expected, offset - 1, topic, partition)
+                elif tp in refetch:
+                    del refetch[tp]
+                pending.append(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
-                if engine.applied(partition, topic, offset):
+                if offset < expected:
                     replayed += 1  # already in the restored state: do not count it twice
                     continue
                 engine.note_offset(partition, topic, offset + 1)
+                source, validate = source_of[topic]
                 raw = event.value if event.value is not None else b""
                 try:
                     ev = validate(raw, now_ms, limits)
@@ -170,6 +217,11 @@ def register_agents(ra: Any) -> None:
                 metrics.events_consumed.labels(topic).inc(n)
             if replayed:
                 metrics.events_replayed_skipped.inc(replayed)
+            for tp, offset in seek_to.items():
+                try:
+                    await consumer.seek(tp, offset)
+                except Exception as exc:  # revoked meanwhile: the next owner starts from the state
+                    log.warning("could not seek %s to %d: %s", tp, offset, exc)
         metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def dead_letter(msg: Any, raw: bytes, exc: InvalidEvent, now_ms: int) -> None:
@@ -201,11 +253,14 @@ def register_agents(ra: Any) -> None:
             return
         now = time.monotonic()
         async with lock:
+            if app.rebalancing:  # began while we waited: state may be mid-recovery
+                return
+            assignment = consumer.assignment()
             outputs = []
             for tp in tps:
                 idle_since = last_active.setdefault(tp, now)
                 hw = highwaters.get(tp)
-                if hw is None or tp not in consumer.assignment():
+                if hw is None or tp not in assignment:
                     continue
                 nxt = positions.get(tp)
                 if nxt is None:
@@ -248,6 +303,7 @@ def register_agents(ra: Any) -> None:
         metrics.rebalances.inc()
         engine.revoke({tp.partition for tp in revoked if tp.topic in input_names})
         for tp in revoked:
+            refetch.pop(tp, None)
             if tp.topic in input_names:
                 positions.pop(tp, None)
                 earliest.pop(tp, None)

@@ -27,6 +27,12 @@ class Metrics:
             "riskstream_events_replayed_skipped_total",
             "Redelivered events already reflected in the restored state (skipped, not recounted)",
             registry=registry)
+        self.input_gaps = Counter(
+            "riskstream_input_gaps_total",
+            "Input events delivered past an offset the state expected, by what followed: "
+            "refetched (the partition was fetched again from the expected offset) or missing "
+            "(those offsets do not exist: retention, transaction markers).",
+            ["topic", "outcome"], registry=registry)
         self.events_late = Counter(
             "riskstream_events_late_total", "Events whose window had already closed", ["topic"],
             registry=registry)

@@ -258,9 +258,12 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
     This replaces ``Stream.noack_take``, which runs every event through the stream's iterator, a
     processor and a passive drainer task. Per event it keeps what ``Stream.__aiter__`` does for
     delivery: it tracks the message as unacked (Faust's commit, rebalance and shutdown wait for
-    it), and it skips -- and acks -- a message of an older consumer generation or one that
-    arrived while flow control is suspended (a rebalance: the partition's owner fetches it
-    again from the committed offset).
+    it), and it skips a message of an older consumer generation or one that arrived while flow
+    control is suspended (a rebalance). Unlike ``Stream``, it does NOT acknowledge what it
+    skips: an acknowledgement lets Faust commit past an event nobody processed. Whoever owns the
+    partition next reads it again -- from the committed offset after the rebalance, or, where the
+    consumer's position has moved past it, from the offset its state expects (the agent's gap
+    check in agents/events.py).
     """
     channel = aiter(stream.channel)  # registers the iterator's queue with the Conductor
     queue = channel.queue
@@ -288,7 +291,7 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
             if isinstance(item, EventT):
                 message = item.message
                 if not flow_active() or message.generation_id != app.consumer_generation_id:
-                    message.ack(consumer)
+                    pass  # dropped unacknowledged: it is fetched again (see the docstring)
                 else:
                     if message.topic in acking_topics and not message.tracked:
                         message.tracked = True
@@ -300,3 +303,29 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
                 break
             item = get_nowait()
         yield batch
+
+
+async def commit_offsets(consumer: Any, offsets: dict[Any, int]) -> bool:
+    """Commit ``offsets`` (tp -> next offset to read) through Faust's own commit path, taking
+    its turn with Faust's committers exactly as ``Consumer.commit`` does (one commit at a time).
+
+    The agent commits the offsets its checkpointed state records, at each checkpoint (see
+    agents/events.py), instead of letting Faust derive them from acknowledged messages: that
+    bookkeeping is kept per partition across rebalances and can stop (a hole that is never
+    acknowledged) or run ahead (an acknowledgement of a message that was skipped). Offsets not
+    beyond the last committed one, or of partitions no longer assigned, are left out.
+    ``Consumer._commit_offsets`` flushes the producer, commits, and records the committed offsets,
+    so Faust's later ack-driven commits never move them back."""
+    committed = consumer._committed_offset
+    due = {tp: off for tp, off in offsets.items()
+           if (committed.get(tp) is None or off > committed[tp])}
+    if not due:
+        return False
+    await consumer.maybe_wait_for_commit_to_finish()
+    consumer._commit_fut = asyncio.Future()
+    try:
+        return await consumer._commit_offsets(due)
+    finally:
+        fut, consumer._commit_fut = consumer._commit_fut, None
+        if not fut.done():
+            fut.set_result(None)

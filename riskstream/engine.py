@@ -267,6 +267,21 @@ class RiskEngine:
     def applied(self, partition: int, topic: str, offset: int) -> bool:
         return offset < self._partition(partition).offsets.get(topic, -1)
 
+    def next_offset(self, partition: int, topic: str) -> int:
+        """The next offset of ``topic``'s ``partition`` the state expects (-1: none yet). The
+        agent processes a partition's events in this order only: an earlier offset is a replay,
+        a later one a gap that it fetches again."""
+        clock = self._partitions.get(partition)
+        if clock is None:
+            clock = self._load_partition(partition)
+        return clock.offsets.get(topic, -1)
+
+    def input_offsets(self, partition: int) -> dict[str, int]:
+        """Next offset per input topic of a partition held in memory ({} if it is not): what the
+        last checkpoint makes safe to commit, once that checkpoint is on the changelog."""
+        clock = self._partitions.get(partition)
+        return dict(clock.offsets) if clock is not None else {}
+
     def applied_to_advertiser(self, partition: int, advertiser_id: str, topic: str,
                               offset: int) -> bool:
         """The partition meta is written after the advertisers' states in a checkpoint, and a

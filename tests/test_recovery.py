@@ -13,7 +13,8 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from tests.conftest import TopicReader, assert_valid, produce_lines, simulated_case
+from tests.conftest import (TopicReader, assert_valid, labelled_metrics, produce_lines,
+                            simulated_case)
 
 pytestmark = pytest.mark.integration
 
@@ -22,43 +23,8 @@ def _score_key(record: dict) -> tuple[str, int]:
     return record["advertiser_id"], record["window"]["start"]
 
 
-def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
-        kafka_broker, kafka_topics, worker, tmp_path):
-    prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
-    duration_s = 2400
-    case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=duration_s,
-                          spam_start_s=1500)
-    cfg, imps, fbs, expected = case.config, case.impressions, case.feedback, case.expected
-    exp_scores = {_score_key(o.record): o.record["risk_score"]
-                  for o in expected.outputs if o.kind == "score"}
-    exp_alerts = {a["alert_id"]: a for a in expected.alerts()}
-    assert exp_alerts, "test design: the incident must alert offline"
-
-    # First half of event time (the incident is in the second half) for the first worker.
-    split = cfg.start_ms + duration_s * 1000 // 2
-    first_imps = [line for line in imps if orjson.loads(line)["event_time"] < split]
-    first_fbs = [line for line in fbs if orjson.loads(line)["event_time"] < split]
-    produce_lines(bootstrap, f"{prefix}ad-impressions", first_imps)
-    produce_lines(bootstrap, f"{prefix}user-feedback", first_fbs)
-    first = worker(prefix)
-    deadline = time.monotonic() + 120
-    while True:  # processed everything it was given, and checkpointed/committed after it
-        m = first.metrics()
-        if (m.get("riskstream_events_consumed_total", 0) == len(first_imps) + len(first_fbs)
-                and m.get("riskstream_checkpoints_total", 0) > 0
-                and m.get("riskstream_windows_closed_total", 0) > 0):
-            break
-        assert time.monotonic() < deadline, f"first worker stuck: {m}\n{first.log_tail()}"
-        time.sleep(0.2)  # polling interval of a condition, not a synchronisation guess
-    first.proc.kill()  # SIGKILL: no graceful drain, no final commit
-    first.proc.wait(10)
-
-    produce_lines(bootstrap, f"{prefix}ad-impressions", imps[len(first_imps):])
-    produce_lines(bootstrap, f"{prefix}user-feedback", fbs[len(first_fbs):])
-    started = time.monotonic()
-    second = worker(prefix, RISKSTREAM_APP_ID=first.env["RISKSTREAM_APP_ID"])
-    recovery_s = time.monotonic() - started
-
+def _assert_output_equals_replay(bootstrap: str, prefix: str, second, exp_scores: dict,
+                                 exp_alerts: dict) -> None:
     with TopicReader(bootstrap, f"{prefix}risk-scores") as scores, \
             TopicReader(bootstrap, f"{prefix}risk-alerts") as alerts:
         scores.wait_for(lambda rs: set(exp_scores) <= {_score_key(r.json()) for r in rs}, 120,
@@ -87,4 +53,84 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
     assert set(score_values) == set(exp_scores)
     for key, values in score_values.items():
         assert values == {exp_scores[key]}, f"window {key}: live {values} != {exp_scores[key]}"
+
+
+def _move_committed_offsets_ahead(bootstrap: str, group: str, topic: str, by: int) -> int:
+    """Commit, for the (empty) group, every partition of ``topic`` ``by`` offsets beyond what it
+    has committed (never past the end): a consumer's committed offset running ahead of the state
+    on the changelog. Returns how many offsets were skipped in all."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        moved, skipped = [], 0
+        for tp in committed:
+            end = c.get_watermark_offsets(tp, timeout=10)[1]
+            start = max(tp.offset, 0)
+            if end > start:
+                new = min(start + by, end)
+                skipped += new - start
+                moved.append(TopicPartition(topic, tp.partition, new))
+        c.commit(offsets=moved, asynchronous=False)
+        return skipped
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "committed_ahead"])
+def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
+        kafka_broker, kafka_topics, worker, tmp_path, how):
+    """``committed_ahead``: the first worker stops gracefully, and then the group's committed
+    offsets are moved a few events past what its checkpointed state holds (what a consumer that
+    acknowledges an event it skipped would do). The replacement must notice the gap -- the
+    state records the next offset it expects -- fetch those events again, and lose nothing."""
+    prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
+    duration_s = 2400
+    case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=duration_s,
+                          spam_start_s=1500)
+    cfg, imps, fbs, expected = case.config, case.impressions, case.feedback, case.expected
+    exp_scores = {_score_key(o.record): o.record["risk_score"]
+                  for o in expected.outputs if o.kind == "score"}
+    exp_alerts = {a["alert_id"]: a for a in expected.alerts()}
+    assert exp_alerts, "test design: the incident must alert offline"
+
+    # First half of event time (the incident is in the second half) for the first worker.
+    split = cfg.start_ms + duration_s * 1000 // 2
+    first_imps = [line for line in imps if orjson.loads(line)["event_time"] < split]
+    first_fbs = [line for line in fbs if orjson.loads(line)["event_time"] < split]
+    produce_lines(bootstrap, f"{prefix}ad-impressions", first_imps)
+    produce_lines(bootstrap, f"{prefix}user-feedback", first_fbs)
+    first = worker(prefix)
+    deadline = time.monotonic() + 120
+    while True:  # processed everything it was given, and checkpointed/committed after it
+        m = first.metrics()
+        if (m.get("riskstream_events_consumed_total", 0) == len(first_imps) + len(first_fbs)
+                and m.get("riskstream_checkpoints_total", 0) > 0
+                and m.get("riskstream_windows_closed_total", 0) > 0):
+            break
+        assert time.monotonic() < deadline, f"first worker stuck: {m}\n{first.log_tail()}"
+        time.sleep(0.2)  # polling interval of a condition, not a synchronisation guess
+    app_id = first.env["RISKSTREAM_APP_ID"]
+    if how == "sigkill":
+        first.proc.kill()  # SIGKILL: no graceful drain, no final commit
+        first.proc.wait(10)
+    else:
+        assert first.stop() == 0  # graceful: its state and offsets agree
+    produce_lines(bootstrap, f"{prefix}ad-impressions", imps[len(first_imps):])
+    produce_lines(bootstrap, f"{prefix}user-feedback", fbs[len(first_fbs):])
+    if how == "committed_ahead":
+        skipped = _move_committed_offsets_ahead(bootstrap, app_id, f"{prefix}ad-impressions", 7)
+        assert skipped > 0
+    started = time.monotonic()
+    second = worker(prefix, RISKSTREAM_APP_ID=app_id)
+    recovery_s = time.monotonic() - started
+
+    _assert_output_equals_replay(bootstrap, prefix, second, exp_scores, exp_alerts)
+    if how == "committed_ahead":  # found as gaps, and fetched again
+        gaps = sum(v for (name, labels), v in labelled_metrics(second).items()
+                   if name == "riskstream_input_gaps_total" and ("outcome", "refetched") in labels)
+        assert gaps >= 1, second.log_tail()
     print(f"\nreplacement ready after {recovery_s:.1f}s")

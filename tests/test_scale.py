@@ -80,12 +80,6 @@ def _settle(workers, prefix: str, released: int, traffic, scores: TopicReader,
     return counts
 
 
-# KNOWN INTERMITTENT BUG (open, issue 5): in about 1 run of 5 one window score after a
-# rebalance differs slightly from the replay (e.g. 0.013006 vs 0.013012: the advertiser's state
-# lost or repeated an event across the hand-over), root cause not found yet (docs/faults.md).
-# Re-run up to twice so that CI reports the bug only when it reproduces three times in a row;
-# every attempt asserts everything, and a re-run is reported in the summary ("R").
-@pytest.mark.flaky(reruns=2, reruns_delay=1)
 def test_one_three_two_workers_share_partitions_and_alert_like_one(
         kafka_broker, kafka_topics, worker, traffic):
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
