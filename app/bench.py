@@ -98,7 +98,7 @@ class Profile:
     backtest_events: int = 200_000
     scale_events: int = 100_000       # per run of 1 and of 2 workers (0: skip)
     poll_s: float = 0.2               # how often a worker's /metrics is read while measured
-    riskstream_worker: bool = True    # also the worker on the experimental riskstream:// transport
+    stock_transport_worker: bool = True  # also the worker on Faust's stock kafka:// transport
     session_timeout_ms: int = 10_000  # worker default (RISKSTREAM_SESSION_TIMEOUT_MS)
     worker_env: tuple[tuple[str, str], ...] = ()  # extra settings of every worker started
     startup_timeout_s: float = 90.0
@@ -111,7 +111,7 @@ PROFILES = {
                      latency_advertisers=20, latency_window_s=2, state_sizes=(100,),
                      state_windows=2, state_events=2, state_steady_advertisers=50,
                      backtest_events=4000, scale_events=4000, poll_s=0.05,
-                     riskstream_worker=False,
+                     stock_transport_worker=False,
                      session_timeout_ms=6000, startup_timeout_s=60.0,
                      # several batches even from 4000 events, so a rate can be read
                      worker_env=(("RISKSTREAM_CHECKPOINT_MAX_EVENTS", "400"),),
@@ -1081,10 +1081,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("worker_events_per_cpu_s", r.get("worker_events_per_cpu_s"), "events/CPU-s"),
         ("cpu_ratio_vs_faust_noop", r.get("cpu_ratio_vs_faust_noop"), "x, per CPU-second"),
         ("cpu_ratio_vs_bare_loop", r.get("cpu_ratio_vs_bare_loop"), "x, per CPU-second"),
-        ("worker_riskstream_events_per_s", r.get("worker_riskstream_events_per_s"),
-         "events/s, RISKSTREAM_TRANSPORT=riskstream (experimental)"),
-        ("ratio_riskstream_vs_faust_noop", r.get("ratio_riskstream_vs_faust_noop"), "x"),
-        ("ratio_riskstream_vs_bare_loop", r.get("ratio_riskstream_vs_bare_loop"), "x"),
+        ("worker_kafka_transport_events_per_s", r.get("worker_kafka_transport_events_per_s"),
+         "events/s, the worker on Faust's stock transport (RISKSTREAM_TRANSPORT=kafka)"),
+        ("ratio_kafka_transport_vs_faust_noop", r.get("ratio_kafka_transport_vs_faust_noop"),
+         "x"),
+        ("ratio_kafka_transport_vs_bare_loop", r.get("ratio_kafka_transport_vs_bare_loop"), "x"),
         ("scale_out_ratio_2v1", r.get("scale_out_ratio_2v1"),
          "x, 2 worker processes vs 1 (one group, same machine)"),
         ("latency_p50_ms", r.get("latency_p50_ms"), "ms after window end"),
@@ -1228,22 +1229,22 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                     details["recovery"] = rec
                     r["recovery_s"] = rec["recovery_s"]
                     r["recovery_caught_up_s"] = rec["recovery_caught_up_s"]
-            if profile.riskstream_worker:
-                got_rs = part("worker_riskstream", lambda: worker_throughput(
+            if profile.stock_transport_worker:
+                got_rs = part("worker_kafka_transport", lambda: worker_throughput(
                     procs, bootstrap, prefix, n, workdir / "worker-riskstream",
                     broker_kind=broker_kind, session_timeout_ms=profile.session_timeout_ms,
                     startup_timeout=profile.startup_timeout_s, poll_s=profile.poll_s,
                     worker_env={**dict(profile.worker_env),
-                                "RISKSTREAM_TRANSPORT": "riskstream"}))
+                                "RISKSTREAM_TRANSPORT": "kafka"}))
                 if got_rs:
                     procs.stop(got_rs[1].proc)
-                    details["worker_riskstream"] = got_rs[0]
-                    rs_eps = r["worker_riskstream_events_per_s"] = got_rs[0]["events_per_s"]
+                    details["worker_kafka_transport"] = got_rs[0]
+                    rs_eps = r["worker_kafka_transport_events_per_s"] = got_rs[0]["events_per_s"]
                     if r["faust_noop_events_per_s"]:
-                        r["ratio_riskstream_vs_faust_noop"] = round(
+                        r["ratio_kafka_transport_vs_faust_noop"] = round(
                             rs_eps / r["faust_noop_events_per_s"], 3)
                     if r["bare_loop_events_per_s"]:
-                        r["ratio_riskstream_vs_bare_loop"] = round(
+                        r["ratio_kafka_transport_vs_bare_loop"] = round(
                             rs_eps / r["bare_loop_events_per_s"], 4)
             for name in ("bare_loop", "faust_noop", "worker"):
                 r[f"{name}_events_per_cpu_s"] = (details.get(name) or {}).get("events_per_cpu_s")

@@ -110,8 +110,8 @@ def recovery_remaining(faust_app: faust.App) -> dict[str, int]:
 
 
 def transport_scheme(settings: Settings) -> str:
-    """``kafka`` (Faust's stock aiokafka transport) by default and always with exactly_once;
-    ``riskstream`` (app/transport.py, experimental: see docs/performance.md) on request."""
+    """``riskstream`` (app/transport.py: see docs/performance.md) by default; ``kafka``
+    (Faust's stock aiokafka transport) on request and always with exactly_once."""
     if settings.transport not in ("kafka", SCHEME):
         raise ValueError(f"RISKSTREAM_TRANSPORT: {settings.transport!r} is not one of "
                          f"'kafka', {SCHEME!r}")

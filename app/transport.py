@@ -1,11 +1,14 @@
-"""An experimental Faust transport for the worker: aiokafka, minus Faust's per-message task
-overhead (about 3-4x the worker's throughput, see docs/performance.md).
+"""The worker's Faust transport: aiokafka, minus Faust's per-message task overhead (about 3x
+the worker's throughput, see docs/performance.md).
 
-OPT-IN (``RISKSTREAM_TRANSPORT=riskstream``), NOT THE DEFAULT: its delivery test in
-tests/test_transport.py (rebalance, then SIGKILL mid-stream) stalls one partition's commits in
-about half of the runs, which the stock transport never did; the cause is not found yet
-(docs/performance.md, "Known bug"). The rest of this module -- ``event_batches``,
-``QuietMonitor``, ``RawSchema``, ``tune_gc`` -- is used on every transport.
+THE DEFAULT since session 3 (``RISKSTREAM_TRANSPORT=kafka`` selects Faust's stock transport).
+It was opt-in while its delivery test (tests/test_transport.py: rebalance, then SIGKILL
+mid-stream) failed in about half of the runs; the cause was not in the transport but in what
+happened to messages skipped across a rebalance (acknowledged, so committed past, and lost), a
+bug of every transport that the faster one only hit more often. It is fixed in the agent: the
+checkpointed state is the offset authority (docs/faults.md, "Rebalance hand-over"). The rest of
+this module -- ``event_batches``, ``commit_offsets``, ``QuietMonitor``, ``RawSchema``,
+``tune_gc`` -- is used on every transport.
 
 Registered as ``riskstream://`` (the ``faust.transports`` entry point in pyproject.toml; also
 registered here on import, for a checkout whose install predates the entry point). It is the
