@@ -131,8 +131,8 @@ def test_riskstream_url_resolves_to_the_transport_and_exactly_once_falls_back():
     from app.settings import Settings
 
     assert by_url("riskstream://127.0.0.1:9092") is transport.Transport
-    assert transport_scheme(Settings()) == "kafka"  # the default: see docs/performance.md
-    assert transport_scheme(Settings(transport="riskstream")) == "riskstream"
+    assert transport_scheme(Settings()) == "riskstream"  # the default: docs/performance.md
+    assert transport_scheme(Settings(transport="kafka")) == "kafka"
     assert transport_scheme(Settings(transport="riskstream",
                                      processing_guarantee="exactly_once")) == "kafka"
     with pytest.raises(ValueError, match="RISKSTREAM_TRANSPORT"):
