@@ -99,6 +99,8 @@ class Profile:
     scale_events: int = 100_000       # per run of 1 and of 2 workers (0: skip)
     poll_s: float = 0.2               # how often a worker's /metrics is read while measured
     stock_transport_worker: bool = True  # also the worker on Faust's stock kafka:// transport
+    many_advertisers: int = 100_000   # the worker over this many advertisers at once (0: skip)
+    many_events_per_advertiser: int = 3
     session_timeout_ms: int = 10_000  # worker default (RISKSTREAM_SESSION_TIMEOUT_MS)
     worker_env: tuple[tuple[str, str], ...] = ()  # extra settings of every worker started
     startup_timeout_s: float = 90.0
@@ -111,7 +113,7 @@ PROFILES = {
                      latency_advertisers=20, latency_window_s=2, state_sizes=(100,),
                      state_windows=2, state_events=2, state_steady_advertisers=50,
                      backtest_events=4000, scale_events=4000, poll_s=0.05,
-                     stock_transport_worker=False,
+                     stock_transport_worker=False, many_advertisers=0,
                      session_timeout_ms=6000, startup_timeout_s=60.0,
                      # several batches even from 4000 events, so a rate can be read
                      worker_env=(("RISKSTREAM_CHECKPOINT_MAX_EVENTS", "400"),),
@@ -632,6 +634,92 @@ def worker_throughput(procs: Processes, bootstrap: str, prefix: str, n: int, wor
     return res, w
 
 
+# -- 2a. many advertisers on one worker -------------------------------------------------------
+def produce_many_advertisers(bootstrap: str, prefix: str, advertisers: int, per_advertiser: int,
+                             window_s: int = 60) -> int:
+    """``per_advertiser`` impressions for each of ``advertisers`` advertisers, round-robin, in
+    event-time order over ``per_advertiser + 2`` windows ending about now: every advertiser is
+    active at once and each of its impressions falls in a window of its own, so windows close,
+    models learn and all the advertisers' states are held together. Synthetic records (the
+    simulator's profiles cost ~0.2 ms per event to generate); the same input schema."""
+    import orjson
+
+    from riskstream.simulate import _make_producer, producer_settings
+
+    producer, _ = _make_producer(producer_settings(bootstrap))
+    n = advertisers * per_advertiser
+    now = int(time.time() * 1000)
+    start = now - now % (window_s * 1000) - (per_advertiser + 2) * window_s * 1000
+    span = per_advertiser * window_s * 1000
+    failed = [0]
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed[0] += 1
+
+    topic = prefix + INPUTS[0]
+    for i in range(n):
+        adv = f"many-{i % advertisers:06d}"
+        rec = {"event_id": f"m{i}", "event_time": start + span * i // n, "advertiser_id": adv,
+               "campaign_id": f"{adv}-c1", "ad_id": f"{adv}-c1-a1",
+               "user_id": f"u{i * 7919 % 99991}",
+               "region": "US", "placement": "feed", "cost_micros": 1000 + i % 500,
+               "clicked": i % 50 == 0, "click_delay_ms": 4000 if i % 50 == 0 else 0,
+               "converted": False, "dwell_ms": 9000 if i % 50 == 0 else 0}
+        while True:
+            try:
+                producer.produce(topic, key=adv.encode(), value=orjson.dumps(rec),
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if not i % 1000:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left or failed[0]:
+        raise BenchError(f"produce to {topic}: {failed[0]} failed, {left} undelivered")
+    return n
+
+
+def many_advertisers(procs: Processes, bootstrap: str, workdir: Path, *, advertisers: int,
+                     per_advertiser: int, broker_kind: str, session_timeout_ms: int,
+                     startup_timeout: float, worker_env: dict[str, str], poll_s: float
+                     ) -> dict[str, Any]:
+    """The worker's rate with ``advertisers`` advertisers active at once (vs the main figure's
+    1,000), and its memory once it holds them all."""
+    from app.topics import apply_topics
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-many-"
+    apply_topics(bootstrap, prefix)
+    t0 = time.monotonic()
+    n = produce_many_advertisers(bootstrap, prefix, advertisers, per_advertiser)
+    produce_s = time.monotonic() - t0
+    res, w = worker_throughput(procs, bootstrap, prefix, n, workdir, broker_kind=broker_kind,
+                               session_timeout_ms=session_timeout_ms,
+                               startup_timeout=startup_timeout, worker_env=worker_env,
+                               poll_s=poll_s)
+    try:
+        m = w.metrics() or {}
+        rss = _rss_of(w.proc.pid)
+    finally:
+        procs.stop(w.proc)
+    res.update({"advertisers": advertisers, "produce_s": round(produce_s, 1),
+                "active_advertisers": m.get("riskstream_active_advertisers"),
+                "rss_bytes": rss,
+                "rss_bytes_per_advertiser": round(rss / advertisers) if rss else None})
+    return res
+
+
+def _rss_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 # -- 2b. scale-out: 2 worker processes vs 1 ---------------------------------------------------
 def owned_input_partitions(w: WorkerProc) -> set[tuple[str, str]] | None:
     """The input partitions a worker owns: the label sets of its consumer-lag gauge (set for
@@ -1086,6 +1174,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("ratio_kafka_transport_vs_faust_noop", r.get("ratio_kafka_transport_vs_faust_noop"),
          "x"),
         ("ratio_kafka_transport_vs_bare_loop", r.get("ratio_kafka_transport_vs_bare_loop"), "x"),
+        (f"worker_events_per_s @ {_fmt(r.get('many_advertisers'))} advertisers",
+         r.get("many_advertisers_events_per_s"), "events/s, all active at once"),
+        ("ratio_many_vs_1k_advertisers", r.get("ratio_many_vs_1k_advertisers"), "x"),
+        ("rss_bytes per advertiser, live worker",
+         r.get("many_advertisers_rss_bytes_per_advertiser"), "bytes (whole process / advertisers)"),
         ("scale_out_ratio_2v1", r.get("scale_out_ratio_2v1"),
          "x, 2 worker processes vs 1 (one group, same machine)"),
         ("latency_p50_ms", r.get("latency_p50_ms"), "ms after window end"),
@@ -1264,6 +1357,21 @@ def run_all(bootstrap: str | None, profile: Profile, *, broker_kind: str = "apac
                 r["ratio_vs_faust_noop"] = round(w_eps / r["faust_noop_events_per_s"], 3)
             if w_eps and r["bare_loop_events_per_s"]:
                 r["ratio_vs_bare_loop"] = round(w_eps / r["bare_loop_events_per_s"], 4)
+        if profile.many_advertisers:
+            many = part("many_advertisers", lambda: many_advertisers(
+                procs, bootstrap, workdir / "many", advertisers=profile.many_advertisers,
+                per_advertiser=profile.many_events_per_advertiser, broker_kind=broker_kind,
+                session_timeout_ms=profile.session_timeout_ms,
+                startup_timeout=profile.startup_timeout_s, worker_env=dict(profile.worker_env),
+                poll_s=profile.poll_s))
+            if many:
+                details["many_advertisers"] = many
+                r["many_advertisers"] = many["advertisers"]
+                r["many_advertisers_events_per_s"] = many["events_per_s"]
+                r["many_advertisers_rss_bytes_per_advertiser"] = many["rss_bytes_per_advertiser"]
+                if r["worker_events_per_s"]:
+                    r["ratio_many_vs_1k_advertisers"] = round(
+                        many["events_per_s"] / r["worker_events_per_s"], 3)
         if profile.scale_events:
             scale: dict[int, Any] = {}
             for k in (1, 2):
