@@ -112,6 +112,7 @@ class Output(NamedTuple):
     kind: str  # "alert" | "shadow_alert" | "score"
     key: str   # advertiser_id
     record: dict[str, Any]
+    partition: int = -1  # the input partition whose state produced it (exactly_once routing)
 
 
 class AdvertiserState:
@@ -280,6 +281,12 @@ class RiskEngine:
         if next_offset > clock.offsets.get(topic, -1):
             clock.offsets[topic] = next_offset
             self._dirty_meta.add(partition)
+
+    def input_offsets(self, partition: int) -> dict[str, int]:
+        """Next input offset per input topic that the partition's in-memory state reflects (a
+        copy; what a checkpoint of that partition writes with its meta)."""
+        clock = self._partitions.get(partition)
+        return dict(clock.offsets) if clock is not None else {}
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget in-memory state of partitions this worker no longer owns. Their events since
@@ -515,7 +522,7 @@ class RiskEngine:
                     "risk_score": round(risk, 6), "flagged": verdict.flagged,
                     "severity": verdict.severity, "rules": [h.code for h in rule_hits],
                     "metrics": {k: round(v, 6) for k, v in x.items()},
-                }))
+                }, st.partition))
                 st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
                 del st.recent[:-RECENT_SCORES]
             if st.enforced_by is not None and verdict.status in ("open", "escalated"):
@@ -557,7 +564,7 @@ class RiskEngine:
                     st.lifecycle[detector]["opened_window_start"] = w.start
                 alert["episode"]["opened_alert_id"] = lifecycle.get("opened_alert_id")
                 out.append(Output("alert" if mode == "enforce" else "shadow_alert",
-                                  st.advertiser_id, alert))
+                                  st.advertiser_id, alert, st.partition))
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
             elif verdict.flagged:
                 self.stats["suppressed"] += 1
