@@ -35,10 +35,22 @@ checkpoint's sends. They are switched off (:meth:`_take_over_commits`): the tran
 are the only thing that commits input offsets, and the consumer's ``_committed_offset`` view is
 kept equal to what they committed.
 
-Relies on faust-streaming 0.15.3 (pinned; tests/test_transport.py fails if it moves): the
+And a race of Faust's end of recovery that dropped freshly fetched events is closed here
+(:func:`keep_queued_events_on_resume`; docs/faults.md).
+
+Why Faust's producers rather than our own ``AIOKafkaProducer(transactional_id=...)`` or
+confluent-kafka's: Faust in exactly_once mode starts one per input partition anyway, at the right
+moment of a rebalance (before recovery, so the fence comes first), and stops them on revocation;
+a second set would double the producers and leave Faust's set able to commit offsets.
+confluent-kafka's ``send_offsets_to_transaction`` needs a confluent consumer's group metadata,
+which aiokafka's group membership cannot give.
+
+Relies on faust-streaming 0.15.3 (pinned: tests/test_transport.py checks the version,
+tests/test_exactly_once.py these pieces): the
 aiokafka driver's ``Producer.send(..., transactional_id=)``, ``commit_transactions``,
 ``commit_transaction`` / ``begin_transaction`` (always one transaction open per producer),
-``TransactionManager.transactional_id_format`` and ``Consumer._committed_offset``; on the
+``TransactionManager.transactional_id_format``, ``TransactionManager.commit``,
+``Consumer._committed_offset`` and mode's ``FlowControlEvent.resume``; on the
 broker: transactions (Apache Kafka; not the embedded broker, app/brokers.py).
 """
 
@@ -61,7 +73,6 @@ class ExactlyOnce:
     def __init__(self, ra: Any) -> None:
         self.app = ra.faust_app
         self.engine = ra.engine
-        self.metrics = ra.metrics
         topics = ra.topics
         self._inputs = (topics["impressions"], topics["feedback"], topics["decisions"])
         self._held: dict[int, list[tuple[str, bytes | None, bytes]]] = defaultdict(list)
@@ -99,9 +110,9 @@ class ExactlyOnce:
             changelog[partition].append((key, value))
         owned = {tp.partition for tp in self.app.consumer.assignment()
                  if tp.topic in self._inputs}
-        # Held records are dropped only on revocation (forget_revoked), never for a partition merely
-        # missing from the assignment: a partition that stays would lose them. A partition
-        # whose producer is gone makes its send fail, and the worker crashes instead.
+        # Held records are dropped only on revocation (forget_revoked), never for a partition
+        # merely missing from the assignment: a partition that stays would lose them. A
+        # partition whose producer is gone makes its send fail, and the worker crashes.
         todo = [p for p in sorted(owned | set(self._held) | set(changelog))
                 if self._held.get(p) or changelog.get(p)
                 or self.engine.input_offsets(p) != self._committed.get(p, {})]
