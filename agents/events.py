@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from app.eos import ExactlyOnce
 from app.transport import commit_offsets, event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
@@ -52,11 +53,20 @@ def register_agents(ra: Any) -> None:
     lock = asyncio.Lock()
     out_topic = {"alert": topics["alerts"], "shadow_alert": topics["shadow_alerts"],
                  "score": topics["scores"]}
+    eos = ExactlyOnce(ra) if settings.processing_guarantee == "exactly_once" else None
+
+    async def send(topic: Any, partition: int, key: bytes | None, value: bytes) -> None:
+        """at_least_once: produce now; exactly_once: held for the partition's transaction at
+        the next checkpoint (app/eos.py)."""
+        if eos is None:
+            await topic.send(key=key, value=value)
+        else:
+            eos.add(partition, topic.get_topic_name(), key, value)
 
     async def emit(outputs: list) -> None:
         now = time.time()
         for o in outputs:
-            await out_topic[o.kind].send(key=o.key.encode(), value=orjson.dumps(o.record))
+            await send(out_topic[o.kind], o.partition, o.key.encode(), orjson.dumps(o.record))
             if o.kind == "score":
                 metrics.windows_closed.inc()
                 metrics.window_close_lag_seconds.set(now - o.record["window"]["end"] / 1000)
@@ -91,14 +101,14 @@ def register_agents(ra: Any) -> None:
         writes = engine.checkpoint()
         # Then the state, delivered before a single event is acknowledged: a committed offset
         # never runs ahead of the changelog (agents/store.py).
-        await engine.store.flush()
+        await (eos.commit() if eos else engine.store.flush())  # exactly_once: with the outputs
         metrics.checkpoints.inc()
         metrics.checkpoint_writes.inc(writes)
         if writes:
             metrics.model_state_bytes.set(engine.stats["last_checkpoint_bytes"])
         last_checkpoint[0] = time.monotonic()
         consumer = app.consumer
-        if not app.in_transaction:
+        if eos is None:
             # Commit what the state now on the changelog records (app.transport.commit_offsets),
             # also when a rebalance or shutdown stops the flow: Faust's own commit of
             # acknowledged offsets then finds nothing beyond it.
@@ -230,7 +240,7 @@ def register_agents(ra: Any) -> None:
         metrics.events_invalid.labels(msg.topic, exc.reason).inc()
         record = dead_letter_record(raw, exc, topic=msg.topic, partition=msg.partition,
                                     offset=msg.offset, at_ms=now_ms)
-        await topics["dead_letter"].send(key=msg.key, value=record)
+        await send(topics["dead_letter"], msg.partition, msg.key, record)
         log.warning("dead-letter %s", exc.reason,
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
 

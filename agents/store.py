@@ -12,7 +12,9 @@ from "the current event" as Faust's ``table[key] = value`` would. Keys carry the
 (``a:<p>:<advertiser>``), so a key always lands in the changelog partition its events come from;
 they are JSON strings on the changelog (the table's key serializer), values the engine's bytes.
 
-With exactly_once the records go through ``Table.send_changelog``, inside Faust's transactions.
+With exactly_once the agent does not call :meth:`flush`: ``app.eos`` takes the records
+(:meth:`take_unsent`) and sends each in the transaction of its partition, with that partition's
+outputs and input offsets.
 
 Relies on faust-streaming 0.15.3 internals (pinned in pyproject): the memory store's ``data`` /
 ``_key_partition`` and ``Table.changelog_topic``; tests/test_transport.py fails loudly if an
@@ -55,19 +57,26 @@ class TableStore:
         return list(self._store.data.keys())
 
     def _changelog(self, partition: int, key: str, value: bytes | None) -> None:
-        if self.table.app.in_transaction:
-            self.table.send_changelog(partition, key, value, value_serializer="raw")
-        else:
-            self._unsent.append((partition, key, value))
+        self._unsent.append((partition, key, value))
+
+    @property
+    def topic_name(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def take_unsent(self) -> list[tuple[int, str, bytes | None]]:
+        """The changelog records (partition, key, value) written since the last flush or take;
+        the caller sends them (exactly_once: app/eos.py)."""
+        unsent, self._unsent = self._unsent, []
+        return unsent
 
     async def flush(self) -> int:
         """Send the changelog records written since the last flush; return once the broker has
         acknowledged all of them (raises if one failed). Returns the number sent."""
-        unsent, self._unsent = self._unsent, []
+        unsent = self.take_unsent()
         if not unsent:
             return 0
         producer = self.table.app.producer
-        topic = self.table.changelog_topic.get_topic_name()
+        topic = self.topic_name
         send = producer.send
         pending = [await send(topic, orjson.dumps(key), value, partition=partition,
                               timestamp=None, headers=None)

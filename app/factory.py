@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.topics import load_topics
+from app.eos import keep_queued_events_on_resume
 from app.transport import SCHEME, QuietMonitor, RawSchema
 from riskstream.decision import DecisionConfig
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
@@ -151,6 +152,9 @@ def create_app(settings: Settings, bootstrap: str, *,
         producer_max_batch_size=settings.producer_max_batch_size,
         topic_allow_declare=True,
     )
+    # mode's flow control empties the agent's queue on every resume, even when the flow already
+    # runs: events fetched at the end of a table recovery were lost (docs/faults.md)
+    keep_queued_events_on_resume(faust_app.flow_control)
     metrics = Metrics(registry or CollectorRegistry())
     metrics.track_runtime(lambda: faust_app.consumer.assignment(),
                           lambda: recovery_remaining(faust_app))

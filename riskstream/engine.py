@@ -112,6 +112,7 @@ class Output(NamedTuple):
     kind: str  # "alert" | "shadow_alert" | "score"
     key: str   # advertiser_id
     record: dict[str, Any]
+    partition: int = -1  # the input partition whose state produced it (exactly_once routing)
 
 
 class AdvertiserState:
@@ -530,7 +531,7 @@ class RiskEngine:
                     "risk_score": round(risk, 6), "flagged": verdict.flagged,
                     "severity": verdict.severity, "rules": [h.code for h in rule_hits],
                     "metrics": {k: round(v, 6) for k, v in x.items()},
-                }))
+                }, st.partition))
                 st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
                 del st.recent[:-RECENT_SCORES]
             if st.enforced_by is not None and verdict.status in ("open", "escalated"):
@@ -572,7 +573,7 @@ class RiskEngine:
                     st.lifecycle[detector]["opened_window_start"] = w.start
                 alert["episode"]["opened_alert_id"] = lifecycle.get("opened_alert_id")
                 out.append(Output("alert" if mode == "enforce" else "shadow_alert",
-                                  st.advertiser_id, alert))
+                                  st.advertiser_id, alert, st.partition))
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
             elif verdict.flagged:
                 self.stats["suppressed"] += 1
