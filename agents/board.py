@@ -39,7 +39,9 @@ def register_board(ra: Any) -> RiskBoard:
         # follows partition changes); nothing is committed.
         consumer = AIOKafkaConsumer(
             scores_topic, alerts_topic, bootstrap_servers=ra.bootstrap, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="latest", **aiokafka_security(settings))
+            enable_auto_commit=False, auto_offset_reset="latest",
+            # exactly_once: never show a score of an aborted transaction
+            isolation_level="read_committed", **aiokafka_security(settings))
         await consumer.start()
         try:
             wanted = {scores_topic, alerts_topic}
