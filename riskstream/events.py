@@ -61,9 +61,10 @@ _NUMBER = (int, float)  # exact types (not bool) the fast paths accept for numbe
 _UNRATED = object()  # the rating of a feedback kind other than satisfaction (not read)
 _loads = orjson.loads
 # The fields the fast paths read, in one C call each (KeyError when one is missing).
-_impression_fields = operator.itemgetter(
-    "event_id", "event_time", "advertiser_id", "user_id", "campaign_id", "ad_id", "region",
-    "placement", "cost_micros", "clicked", "click_delay_ms", "converted", "dwell_ms")
+_IMPRESSION_FIELDS = ("event_id", "event_time", "advertiser_id", "user_id", "campaign_id", "ad_id",
+                      "region", "placement", "cost_micros", "clicked", "click_delay_ms",
+                      "converted", "dwell_ms")
+_impression_fields = operator.itemgetter(*_IMPRESSION_FIELDS)
 _feedback_fields = operator.itemgetter(
     "event_id", "event_time", "advertiser_id", "kind", "ad_id", "user_id", "reason", "channel")
 _JSONDecodeError = orjson.JSONDecodeError
@@ -236,6 +237,12 @@ def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> d
             and type(delay) in _NUMBER and 0 <= delay <= _MAX_AMOUNT
             and (converted is False or converted is True)
             and type(dwell) in _NUMBER and 0 <= dwell <= _MAX_AMOUNT):
+        if len(obj) == len(_IMPRESSION_FIELDS):
+            # exactly the contract's fields, each as _impression would return it: the decoded
+            # dict is the event (its keys in the message's order), instead of a copy
+            obj["type"] = IMPRESSIONS
+            obj["click_delay_ms"] = delay
+            return obj
         return {
             "type": IMPRESSIONS,
             "event_id": event_id,

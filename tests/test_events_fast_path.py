@@ -1,5 +1,5 @@
 """The validators' fast path (riskstream/events.py) against their checked path: for any input,
-the same event (same values, same types, same key order) or the same reason and detail.
+the same event (same fields, values and types) or the same reason and detail.
 
 The fast path inlines the checks for the common shape of an event; the checked path applies
 each rule in turn and names the reason. Both must agree on everything, so the property here is
@@ -85,7 +85,7 @@ def outcome(validate, raw: bytes, limits: Limits) -> tuple:
         ev = validate(raw, NOW, limits)
     except InvalidEvent as exc:
         return ("invalid", exc.reason, exc.detail)
-    return ("valid", [(k, type(v), v) for k, v in ev.items()])
+    return ("valid", {k: (type(v), v) for k, v in ev.items()})
 
 
 def checked(path):
