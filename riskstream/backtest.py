@@ -97,6 +97,16 @@ class _PartitionFeed:
         self.outputs: list[Output] = []
 
 
+def _validated(lines: Iterable[bytes], validate: Callable[[bytes, int, Limits], dict],
+               invalid: dict[str, int]) -> Iterator[dict]:
+    """The valid events of ``lines``; the others counted by reason in ``invalid``."""
+    for raw in lines:
+        try:
+            yield validate(raw, 1 << 62, REPLAY_LIMITS)
+        except InvalidEvent as exc:
+            invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
+
+
 def _replay(impressions: Iterable[bytes], feedback: Iterable[bytes], engine_config: EngineConfig,
             model_config: ModelConfig, partitions: int,
             progress: Callable[[int, int], None] | None) -> ReplayResult:
@@ -152,12 +162,7 @@ def _replay(impressions: Iterable[bytes], feedback: Iterable[bytes], engine_conf
 
     fb_invalid: dict[str, int] = {}
     fb_count = 0
-    for raw in feedback:
-        try:
-            ev = validate_feedback(raw, 1 << 62, REPLAY_LIMITS)
-        except InvalidEvent as exc:
-            fb_invalid[exc.reason] = fb_invalid.get(exc.reason, 0) + 1
-            continue
+    for ev in _validated(feedback, validate_feedback, fb_invalid):
         (route.get(ev["advertiser_id"]) or feed_of(ev["advertiser_id"])).feedback.append(ev)
         fb_count += 1
     for f in feeds.values():
@@ -166,12 +171,7 @@ def _replay(impressions: Iterable[bytes], feedback: Iterable[bytes], engine_conf
 
     imp_invalid: dict[str, int] = {}
     imp_count = 0
-    for raw in impressions:
-        try:
-            ev = validate_impression(raw, 1 << 62, REPLAY_LIMITS)
-        except InvalidEvent as exc:
-            imp_invalid[exc.reason] = imp_invalid.get(exc.reason, 0) + 1
-            continue
+    for ev in _validated(impressions, validate_impression, imp_invalid):
         adv = ev["advertiser_id"]
         f = route.get(adv)
         if f is None:
