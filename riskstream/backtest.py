@@ -14,7 +14,6 @@ wall clock online, do not apply offline.
 
 from __future__ import annotations
 
-import gc
 import math
 import sys
 import time
@@ -68,17 +67,7 @@ def replay(
 ) -> ReplayResult:
     """Replay raw JSON lines (the topics' value bytes) through a fresh engine."""
     started = time.perf_counter()
-    # The replay holds every validated event until its partition is merged: millions of live
-    # dicts that the cyclic collector would traverse again and again (none of them is garbage,
-    # and the replay creates no reference cycles). Collection resumes when it returns.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        result = _replay(impressions, feedback, engine_config, model_config, partitions,
-                         progress)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    result = _replay(impressions, feedback, engine_config, model_config, partitions, progress)
     result.seconds = time.perf_counter() - started
     return result
 
