@@ -27,7 +27,8 @@ What one run does (``--quick``: 3-4 min on 2 cores, full: ~10 min; see docs/perf
 Every figure function is importable (``bare_loop``, ``faust_noop``, ``worker_throughput``,
 ``recovery``, ``latency``, ``measure_state``, ``backtest_throughput``); ``run_bench(args,
 settings, profile=...)`` runs them all. ``python -m app.bench noop|state ...`` are the helper
-subprocesses. Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
+subprocesses; ``python -m app.bench backtest [--against REV]`` measures the backtest figure alone
+(no broker), optionally against a git revision's code in the same run. Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
 errors and Ctrl-C; they also get SIGTERM from the kernel if the harness dies (PR_SET_PDEATHSIG).
 """
 
@@ -1105,6 +1106,77 @@ def backtest_throughput(n: int, advertisers: int = 1000, base_rate: float = 500.
     return out
 
 
+# Run in a subprocess per measurement, from the root of the tree measured (this one or a git
+# revision's): ``backtest_throughput`` has had this signature since the figure was introduced.
+_BACKTEST_CHILD = ("import json, sys; from app.bench import backtest_throughput; "
+                   "print(json.dumps(backtest_throughput(int(sys.argv[1]), int(sys.argv[2]), "
+                   "float(sys.argv[3]))))")
+
+
+def backtest_against(rev: str | None, n: int, advertisers: int, base_rate: float,
+                     rounds: int) -> dict[str, Any]:
+    """The backtest figure of this tree, and with ``rev`` the same of that git revision's code
+    (``git archive`` into a temp dir), alternating round by round so that both see the same
+    machine load; ratios are this tree's figure over the revision's, per round and median."""
+    root = Path(__file__).resolve().parents[1]
+    trees = {"this tree": root}
+    tmp = None
+    if rev:
+        tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-rev-"))
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        trees = {rev: tmp, "this tree": root}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    try:
+        for i in range(rounds):
+            for name, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                out = subprocess.run([sys.executable, "-c", _BACKTEST_CHILD, str(n),
+                                      str(advertisers), str(base_rate)], cwd=tree, env=env,
+                                     check=True, capture_output=True, text=True, timeout=900)
+                fig = json.loads(out.stdout.strip().splitlines()[-1])
+                runs[name].append(fig)
+                log(f"round {i + 1} {name}: {fig['events_per_s']:,.0f} events/s, "
+                    f"{fig['events_per_cpu_s']:,.0f} events/CPU-s, {fig['alerts']} alerts")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result: dict[str, Any] = {"events": n, "advertisers": advertisers, "base_rate": base_rate,
+                              "runs": runs}
+    if rev:
+        for key in ("events_per_s", "events_per_cpu_s"):
+            ratios = sorted(new[key] / old[key] for new, old in zip(runs["this tree"], runs[rev]))
+            result[f"ratio_{key}"] = {"per_round": [round(r, 3) for r in ratios],
+                                      "median": round(ratios[len(ratios) // 2], 3)}
+    return result
+
+
+def _backtest_main(argv: list[str]) -> int:
+    quick = PROFILES["quick"]
+    p = argparse.ArgumentParser(
+        prog="python -m app.bench backtest",
+        description="only the backtest figure (no broker); with --against REV, also that git "
+                    "revision's, alternating, and the ratios")
+    p.add_argument("--events", type=int, default=quick.backtest_events)
+    p.add_argument("--advertisers", type=int, default=quick.advertisers)
+    p.add_argument("--base-rate", type=float, default=quick.base_rate)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--against", metavar="REV", help="git revision to compare with")
+    p.add_argument("--json", dest="json_path")
+    a = p.parse_args(argv)
+    res = backtest_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds)
+    for key in ("ratio_events_per_s", "ratio_events_per_cpu_s"):
+        if key in res:
+            print(f"{key}: median {res[key]['median']} (rounds {res[key]['per_round']})")
+    best = max(res["runs"]["this tree"], key=lambda f: f["events_per_cpu_s"])
+    print(f"this tree, best round: {best['events_per_s']:,.0f} events/s, "
+          f"{best['events_per_cpu_s']:,.0f} events/CPU-s")
+    if a.json_path:
+        Path(a.json_path).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
 # -- the run -----------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
@@ -1527,9 +1599,11 @@ def main(argv: list[str] | None = None) -> int:
         return _noop_main(argv[1:])
     if argv and argv[0] == "state":
         return _state_main(argv[1:])
+    if argv and argv[0] == "backtest":
+        return _backtest_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m app.bench",
                                 description="run the benchmark (same as `riskstream bench`), "
-                                            "or a helper: noop ..., state N ...")
+                                            "or a helper: noop ..., state N ..., backtest ...")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", dest="json_path")

@@ -14,13 +14,12 @@ wall clock online, do not apply offline.
 
 from __future__ import annotations
 
-import heapq
-import operator
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sized
 
 import orjson
 from aiokafka.partitioner import murmur2
@@ -52,9 +51,6 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-_event_time = operator.itemgetter("event_time")
-
-
 def read_lines(path: Path | str) -> list[bytes]:
     with open(path, "rb") as fh:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
@@ -71,60 +67,142 @@ def replay(
 ) -> ReplayResult:
     """Replay raw JSON lines (the topics' value bytes) through a fresh engine."""
     started = time.perf_counter()
-    result = ReplayResult()
-    store = DictStore()
-    engine = RiskEngine(engine_config, store, model_config)
-    result.engine = engine
-    validators = {"impression": validate_impression, "feedback": validate_feedback}
-    # Per partition, per source: the events in "produce" order (file order), validated.
-    per_partition: dict[int, dict[str, list[dict]]] = {}
-    raw_by_source = {"impression": impressions, "feedback": feedback}
-    # advertiser -> its partition's list of this source: murmur2 in Python is slow, and a dict
-    # lookup per event is all the routing then costs
-    for source, lines in raw_by_source.items():
-        validate = validators[source]
-        route: dict[str, list[dict]] = {}
-        for raw in lines:
-            try:
-                ev = validate(raw, 1 << 62, REPLAY_LIMITS)
-            except InvalidEvent as exc:
-                result.invalid[exc.reason] = result.invalid.get(exc.reason, 0) + 1
-                continue
-            adv = ev["advertiser_id"]
-            dest = route.get(adv)
-            if dest is None:
-                p = partition_for(adv.encode(), partitions)
-                dest = route[adv] = per_partition.setdefault(
-                    p, {"impression": [], "feedback": []})[source]
-            dest.append(ev)
-    total = sum(len(v["impression"]) + len(v["feedback"]) for v in per_partition.values())
-    done = 0
-    out = result.outputs
-    process = engine.process
-    invalid = result.invalid
-    for p in sorted(per_partition):
-        imps, fbs = per_partition[p]["impression"], per_partition[p]["feedback"]
-        for source, evs in (("impression", imps), ("feedback", fbs)):
-            if not evs:
-                out.extend(engine.set_caught_up(p, source, True))
-        # A source is caught up with its last event (as the agent at the highwater). Ties in
-        # event time: impressions first, each source in file order (merge is stable).
-        last_imp = imps[-1] if imps else None
-        last_fb = fbs[-1] if fbs else None
-        for ev in heapq.merge(imps, fbs, key=_event_time):
-            try:
-                closed = process(ev, p, ev is last_imp or ev is last_fb)
-            except InvalidEvent as exc:
-                invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
-                continue
-            if closed:
-                out.extend(closed)
-        done += len(imps) + len(fbs)
-        if progress is not None:
-            progress(done, total)
-    engine.checkpoint()
-    result.events = done
+    result = _replay(impressions, feedback, engine_config, model_config, partitions, progress)
     result.seconds = time.perf_counter() - started
+    return result
+
+
+class _PartitionFeed:
+    """One partition of the replay: its feedback, and its impressions as they stream by."""
+
+    __slots__ = ("partition", "feedback", "next_feedback", "feedback_time", "held", "outputs")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.feedback: list[dict] = []  # validated, in file order
+        self.next_feedback = 0  # index of the first feedback event not fed yet
+        self.feedback_time: float = math.inf  # its event time (inf: none left)
+        self.held: dict | None = None  # the partition's latest impression, not fed yet
+        self.outputs: list[Output] = []
+
+
+def _validated(lines: Iterable[bytes], validate: Callable[[bytes, int, Limits], dict],
+               invalid: dict[str, int]) -> Iterator[dict]:
+    """The valid events of ``lines``; the others counted by reason in ``invalid``."""
+    for raw in lines:
+        try:
+            yield validate(raw, 1 << 62, REPLAY_LIMITS)
+        except InvalidEvent as exc:
+            invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
+
+
+def _replay(impressions: Iterable[bytes], feedback: Iterable[bytes], engine_config: EngineConfig,
+            model_config: ModelConfig, partitions: int,
+            progress: Callable[[int, int], None] | None) -> ReplayResult:
+    """Per partition, the engine gets ``heapq.merge(impressions, feedback, key=event_time)`` of
+    that partition's events in file order: an impression goes first while its time is <= the
+    next feedback's (ties: impressions first), and each source's last event is fed as caught
+    up (as the agent at the highwater).
+
+    The impressions, nearly all the events, are fed as they are read rather than collected per
+    partition first: each event is used while it is still in the CPU cache, and the replay holds
+    one impression per partition instead of all of them. The feedback is read and routed first.
+    A partition's latest impression is held until the next one arrives, since only then is it
+    known not to be the last. Partitions share nothing in the engine, so each partition's
+    outputs are the same as when partitions are replayed one after the other, and they are
+    returned in that order (by partition).
+    """
+    result = ReplayResult()
+    engine = RiskEngine(engine_config, DictStore(), model_config)
+    result.engine = engine
+    process = engine.process
+    feeds: dict[int, _PartitionFeed] = {}
+    # advertiser -> its partition's feed: murmur2 in Python is slow, and a dict lookup per
+    # event is all the routing then costs
+    route: dict[str, _PartitionFeed] = {}
+    late: dict[str, int] = {}
+
+    def feed_of(adv: str) -> _PartitionFeed:
+        p = partition_for(adv.encode(), partitions)
+        f = feeds.get(p)
+        if f is None:
+            f = feeds[p] = _PartitionFeed(p)
+        route[adv] = f
+        return f
+
+    def feed(f: _PartitionFeed, ev: dict, caught_up: bool) -> None:
+        try:
+            closed = process(ev, f.partition, caught_up)
+        except InvalidEvent as exc:
+            late[exc.reason] = late.get(exc.reason, 0) + 1
+            return
+        if closed:
+            f.outputs.extend(closed)
+
+    def feed_feedback_before(f: _PartitionFeed, t: float) -> None:
+        """Feed the partition's next feedback events while their time is < ``t``."""
+        fbs, i = f.feedback, f.next_feedback
+        last = len(fbs) - 1
+        while i <= last and fbs[i]["event_time"] < t:
+            feed(f, fbs[i], i == last)
+            i += 1
+        f.next_feedback = i
+        f.feedback_time = fbs[i]["event_time"] if i <= last else math.inf
+
+    fb_invalid: dict[str, int] = {}
+    fb_count = 0
+    for ev in _validated(feedback, validate_feedback, fb_invalid):
+        (route.get(ev["advertiser_id"]) or feed_of(ev["advertiser_id"])).feedback.append(ev)
+        fb_count += 1
+    for f in feeds.values():
+        f.feedback_time = f.feedback[0]["event_time"]
+    total = fb_count + len(impressions) if isinstance(impressions, Sized) else 0
+
+    imp_invalid: dict[str, int] = {}
+    imp_count = 0
+    for ev in _validated(impressions, validate_impression, imp_invalid):
+        adv = ev["advertiser_id"]
+        f = route.get(adv)
+        if f is None:
+            f = feed_of(adv)
+        held = f.held
+        f.held = ev
+        if held is not None:  # feed(f, held, False), inlined: this is the replay's hot loop
+            try:
+                closed = process(held, f.partition, False)
+            except InvalidEvent as exc:
+                late[exc.reason] = late.get(exc.reason, 0) + 1
+            else:
+                if closed:
+                    f.outputs.extend(closed)
+        elif not f.feedback:  # a partition without feedback: that source is caught up
+            f.outputs.extend(engine.set_caught_up(f.partition, "feedback", True))
+        t = ev["event_time"]
+        if t > f.feedback_time:
+            feed_feedback_before(f, t)
+        imp_count += 1
+        if progress is not None and not imp_count & 0xFFFF:
+            progress(imp_count, total)
+
+    out = result.outputs
+    for p in sorted(feeds):
+        f = feeds[p]
+        if f.held is None:  # feedback only
+            f.outputs.extend(engine.set_caught_up(p, "impression", True))
+        else:
+            feed(f, f.held, True)
+            f.held = None
+        feed_feedback_before(f, math.inf)
+        out.extend(f.outputs)
+    engine.checkpoint()
+    result.events = imp_count + fb_count
+    # the reasons in the order they were first met in a sequential replay: impressions, then
+    # feedback, then the engine's
+    for counts in (imp_invalid, fb_invalid, late):
+        for reason, n in counts.items():
+            result.invalid[reason] = result.invalid.get(reason, 0) + n
+    if progress is not None:
+        progress(result.events, result.events)
     return result
 
 

@@ -19,6 +19,7 @@ riskstream.events.InvalidEvent: missing_field: event_id
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
@@ -55,6 +56,18 @@ REASONS = (
 ID_MAX_LEN = 128
 DEAD_LETTER_ORIGINAL_BYTES = 64 * 1024
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake
+_MAX_AMOUNT = 1e15  # bound of every non-negative amount (cost, delays, dwell)
+_NUMBER = (int, float)  # exact types (not bool) the fast paths accept for numbers
+_UNRATED = object()  # the rating of a feedback kind other than satisfaction (not read)
+_loads = orjson.loads
+# The fields the fast paths read, in one C call each (KeyError when one is missing).
+_IMPRESSION_FIELDS = ("event_id", "event_time", "advertiser_id", "user_id", "campaign_id", "ad_id",
+                      "region", "placement", "cost_micros", "clicked", "click_delay_ms",
+                      "converted", "dwell_ms")
+_impression_fields = operator.itemgetter(*_IMPRESSION_FIELDS)
+_feedback_fields = operator.itemgetter(
+    "event_id", "event_time", "advertiser_id", "kind", "ad_id", "user_id", "reason", "channel")
+_JSONDecodeError = orjson.JSONDecodeError
 
 
 class InvalidEvent(ValueError):
@@ -150,7 +163,7 @@ def _non_negative(obj: dict, name: str, *, required: bool = False) -> float:
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent("wrong_type", f"{name} must be a number")
-    if not math.isfinite(value) or value < 0 or value > 1e15:
+    if not math.isfinite(value) or value < 0 or value > _MAX_AMOUNT:
         raise InvalidEvent("bad_value", f"{name} must be finite, >= 0 and <= 1e15")
     return value
 
@@ -167,6 +180,19 @@ def _decode(raw: bytes, limits: Limits) -> dict:
     return obj
 
 
+def _json_object(raw: bytes, limits: Limits) -> dict | None:
+    """The message as a dict when it is a JSON object within the size limit, else None (and
+    ``_decode`` names the reason)."""
+    if len(raw) <= limits.max_message_bytes:
+        try:
+            obj = _loads(raw)
+        except _JSONDecodeError:
+            return None
+        if type(obj) is dict:
+            return obj
+    return None
+
+
 def _common(obj: dict, now_ms: int, limits: Limits) -> tuple[str, int, str]:
     event_id = _id(obj, "event_id")
     if "event_time" not in obj:
@@ -181,7 +207,63 @@ def _common(obj: dict, now_ms: int, limits: Limits) -> tuple[str, int, str]:
 
 def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
     """Decode and check one impression; unknown extra fields are accepted (and not used)."""
-    obj = _decode(raw, limits)
+    # Fast path, per event in the worker and the replay: the checks of ``_impression`` inlined
+    # for the usual shape (every field present and not null, an integer event_time). It accepts
+    # only what ``_impression`` accepts and builds the same dict; anything else (a missing or
+    # null field, an RFC 3339 time, a wrong type, a bound crossed, bad JSON) goes through
+    # ``_impression``, which decides it and names the reason. tests/test_events_fast_path.py
+    # holds the two paths to the same outcome.
+    obj = _json_object(raw, limits)
+    if obj is None:
+        return _impression(_decode(raw, limits), now_ms, limits)
+    try:
+        (event_id, t, adv, user, campaign, ad, region, placement, cost, clicked, delay, converted,
+         dwell) = _impression_fields(obj)
+    except KeyError:
+        return _impression(obj, now_ms, limits)
+    if clicked is False:
+        delay = 0.0  # not read by _impression either
+    if (type(event_id) is str and 0 < len(event_id) <= ID_MAX_LEN and event_id.isprintable()
+            and type(adv) is str and 0 < len(adv) <= ID_MAX_LEN and adv.isprintable()
+            and type(t) is int and MIN_EVENT_TIME_MS <= t
+            and now_ms - limits.max_age_ms <= t <= now_ms + limits.max_future_ms
+            and type(user) is str and 0 < len(user) <= ID_MAX_LEN and user.isprintable()
+            and type(campaign) is str and len(campaign) <= ID_MAX_LEN
+            and type(ad) is str and len(ad) <= ID_MAX_LEN
+            and type(region) is str and len(region) <= ID_MAX_LEN
+            and type(placement) is str and len(placement) <= ID_MAX_LEN
+            and type(cost) in _NUMBER and 0 <= cost <= _MAX_AMOUNT
+            and (clicked is False or clicked is True)
+            and type(delay) in _NUMBER and 0 <= delay <= _MAX_AMOUNT
+            and (converted is False or converted is True)
+            and type(dwell) in _NUMBER and 0 <= dwell <= _MAX_AMOUNT):
+        if len(obj) == len(_IMPRESSION_FIELDS):
+            # exactly the contract's fields, each as _impression would return it: the decoded
+            # dict is the event (its keys in the message's order), instead of a copy
+            obj["type"] = IMPRESSIONS
+            obj["click_delay_ms"] = delay
+            return obj
+        return {
+            "type": IMPRESSIONS,
+            "event_id": event_id,
+            "event_time": t,
+            "advertiser_id": adv,
+            "campaign_id": campaign,
+            "ad_id": ad,
+            "user_id": user,
+            "region": region,
+            "placement": placement,
+            "cost_micros": cost,
+            "clicked": clicked,
+            "click_delay_ms": delay,
+            "converted": converted,
+            "dwell_ms": dwell,
+        }
+    return _impression(obj, now_ms, limits)
+
+
+def _impression(obj: dict, now_ms: int, limits: Limits) -> dict:
+    """The checked path of :func:`validate_impression`: each rule in turn, with its reason."""
     event_id, event_time, advertiser_id = _common(obj, now_ms, limits)
     clicked = _bool(obj, "clicked")
     event = {
@@ -205,7 +287,43 @@ def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> d
 
 def validate_feedback(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
     """Decode and check one feedback event (report, hide, complaint, satisfaction, ...)."""
-    obj = _decode(raw, limits)
+    # Fast path as in validate_impression (``rating`` is only read for satisfaction, as in
+    # ``_feedback``); ``_feedback`` decides everything else.
+    obj = _json_object(raw, limits)
+    if obj is None:
+        return _feedback(_decode(raw, limits), now_ms, limits)
+    try:
+        event_id, t, adv, kind, ad, user, reason, channel = _feedback_fields(obj)
+        rating = obj["rating"] if kind == "satisfaction" else _UNRATED
+    except KeyError:
+        return _feedback(obj, now_ms, limits)
+    if (type(event_id) is str and 0 < len(event_id) <= ID_MAX_LEN and event_id.isprintable()
+            and type(adv) is str and 0 < len(adv) <= ID_MAX_LEN and adv.isprintable()
+            and type(t) is int and MIN_EVENT_TIME_MS <= t
+            and now_ms - limits.max_age_ms <= t <= now_ms + limits.max_future_ms
+            and type(kind) is str and kind in FEEDBACK_KINDS
+            and (rating is _UNRATED or type(rating) in _NUMBER and 1 <= rating <= 5)
+            and type(ad) is str and len(ad) <= ID_MAX_LEN
+            and type(user) is str and len(user) <= ID_MAX_LEN
+            and type(reason) is str and len(reason) <= ID_MAX_LEN
+            and type(channel) is str and len(channel) <= ID_MAX_LEN):
+        return {
+            "type": FEEDBACK,
+            "event_id": event_id,
+            "event_time": t,
+            "advertiser_id": adv,
+            "ad_id": ad,
+            "user_id": user,
+            "kind": kind,
+            "reason": reason if reason in FEEDBACK_REASONS or not reason else "other",
+            "rating": None if rating is _UNRATED else rating,
+            "channel": channel if channel in FEEDBACK_CHANNELS else "other",
+        }
+    return _feedback(obj, now_ms, limits)
+
+
+def _feedback(obj: dict, now_ms: int, limits: Limits) -> dict:
+    """The checked path of :func:`validate_feedback`."""
     event_id, event_time, advertiser_id = _common(obj, now_ms, limits)
     kind = obj.get("kind")
     if kind is None:

@@ -35,6 +35,8 @@ FEEDBACK_COUNTERS = ("report", "hide", "not_interested", "complaint", "refund_re
                      "satisfaction")
 REASON_COUNTERS = ("scam", "misleading", "offensive", "counterfeit", "not_received", "other")
 _HASH_SPACE = float(1 << 32)
+_bisect_left = bisect.bisect_left
+_crc32 = zlib.crc32
 
 
 def window_start(event_time_ms: int, size_ms: int) -> int:
@@ -77,6 +79,7 @@ class AdvertiserWindow:
 
     # -- accumulate -------------------------------------------------------------------------
     def add_impression(self, ev: dict) -> None:
+        # Runs per event in the worker and the replay: one function, module-level lookups.
         self.impressions += 1
         self.spend_micros += ev["cost_micros"]
         if ev["clicked"]:
@@ -84,18 +87,27 @@ class AdvertiserWindow:
             delay = ev["click_delay_ms"]
             if delay < FAST_CLICK_MS:
                 self.fast_clicks += 1
-            self.click_delays[bisect.bisect_left(CLICK_DELAY_BOUNDS, delay)] += 1
+            self.click_delays[_bisect_left(CLICK_DELAY_BOUNDS, delay)] += 1
             dwell = ev["dwell_ms"]
             self.dwell_sum_ms += dwell
             if dwell < SHORT_DWELL_MS:
                 self.short_dwells += 1
         if ev["converted"]:
             self.conversions += 1
-        self._add_user(ev["user_id"])
+        # unique users: the KMV sketch keeps the KMV_K smallest distinct user hashes, sorted
+        h = _crc32(ev["user_id"].encode())
+        hashes = self.user_hashes
+        if len(hashes) < KMV_K or h < hashes[-1]:
+            i = _bisect_left(hashes, h)
+            if i == len(hashes) or hashes[i] != h:
+                hashes.insert(i, h)
+                if len(hashes) > KMV_K:
+                    hashes.pop()
         region = ev["region"]
         regions = self.regions
-        if region in regions:
-            regions[region] += 1
+        n = regions.get(region)
+        if n is not None:
+            regions[region] = n + 1
         elif len(regions) < MAX_REGIONS:
             regions[region] = 1
         else:
@@ -113,18 +125,6 @@ class AdvertiserWindow:
         if reason:
             idx = REASON_COUNTERS.index(reason) if reason in REASON_COUNTERS else -1
             self.reasons[idx] += 1
-
-    def _add_user(self, user_id: str) -> None:
-        h = zlib.crc32(user_id.encode())
-        hashes = self.user_hashes
-        if len(hashes) >= KMV_K and h >= hashes[-1]:
-            return
-        i = bisect.bisect_left(hashes, h)
-        if i < len(hashes) and hashes[i] == h:
-            return
-        hashes.insert(i, h)
-        if len(hashes) > KMV_K:
-            hashes.pop()
 
     # -- read -------------------------------------------------------------------------------
     def unique_users(self) -> float:

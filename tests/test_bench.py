@@ -103,3 +103,15 @@ def test_bench_smoke_reports_every_figure(kafka_broker, tmp_path):
     assert r["machine"]["cpu_count"] and r["machine"]["python_version"]
     assert "git_commit" in r and r["command"]
     print(f"smoke bench: {elapsed:.1f}s")
+
+
+def test_backtest_against_a_revision_runs_both_trees_alternately():
+    """``python -m app.bench backtest --against REV``: the same figure from REV's code (here
+    HEAD, so the same replay) in the other rounds, and the ratios of the two."""
+    res = bench.backtest_against("HEAD", 3000, 20, 50.0, rounds=1)
+    (ours,), (theirs,) = res["runs"]["this tree"], res["runs"]["HEAD"]
+    assert ours["events"] == theirs["events"] == 3000
+    assert (ours["alerts"], ours["windows_closed"]) == (theirs["alerts"], theirs["windows_closed"])
+    for key in ("ratio_events_per_s", "ratio_events_per_cpu_s"):
+        (ratio,) = res[key]["per_round"]
+        assert ratio > 0 and res[key]["median"] == ratio
