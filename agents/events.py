@@ -253,6 +253,7 @@ def register_agents(ra: Any) -> None:
         tps = [tp for tp in consumer.assignment() if tp.topic in input_names]
         if not tps or app.rebalancing:
             return
+        asked = time.monotonic()
         try:
             highwaters = await consumer.highwaters(*tps)
             missing = [tp for tp in tps if tp not in positions and tp not in earliest]
@@ -260,12 +261,26 @@ def register_agents(ra: Any) -> None:
                 earliest.update(await consumer.earliest_offsets(*missing))
         except Exception as exc:  # broker away: try again next second
             log.warning("could not read highwaters: %s", exc)
-            return
+            highwaters = None
         now = time.monotonic()
         async with lock:
             if app.rebalancing:  # began while we waited: state may be mid-recovery
                 return
             assignment = consumer.assignment()
+            if highwaters is None or now - asked > INPUT_IDLE_S:
+                # The broker did not answer (in time): an input is not idle because we could
+                # not hear from it. Every input counts as lagging again until it has been
+                # silent for INPUT_IDLE_S with the broker reachable, so a backlog that
+                # producers resend after an outage is not late behind windows closed meanwhile
+                # (docs/faults.md, "An outage longer than the allowed lateness"). Un-catching
+                # only holds the watermark back: it closes nothing (emitted all the same).
+                for tp in tps:
+                    if tp in assignment:
+                        last_active[tp] = now
+                        held = engine.set_caught_up(tp.partition, source_of[tp.topic][0], False)
+                        if held:
+                            await emit(held)
+                return
             outputs = []
             for tp in tps:
                 idle_since = last_active.setdefault(tp, now)
