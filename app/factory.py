@@ -150,6 +150,7 @@ def create_app(settings: Settings, bootstrap: str, *,
         canonical_url=settings.web_advertised_url or None,
         producer_acks=-1,
         producer_max_batch_size=settings.producer_max_batch_size,
+        producer_linger=settings.producer_linger_ms / 1000,
         topic_allow_declare=True,
     )
     # mode's flow control empties the agent's queue on every resume, even when the flow already

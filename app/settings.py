@@ -62,6 +62,11 @@ class Settings:
         "Faust transport of the worker: riskstream (app/transport.py: Faust's aiokafka "
         "transport without its per-message tasks, ~3x faster, see docs/performance.md) or "
         "kafka (Faust's stock aiokafka transport). exactly_once always uses kafka.")
+    producer_linger_ms: int = _setting(
+        5, "RISKSTREAM_PRODUCER_LINGER_MS",
+        "How long the producer waits to fill a batch (scores, alerts, changelog records). 0 "
+        "(Faust's default) sends each as soon as the sender is free: many small requests, "
+        "~10 % of a busy worker's CPU in socket writes (docs/performance.md).")
     producer_max_batch_size: int = _setting(
         16384, "RISKSTREAM_PRODUCER_MAX_BATCH_SIZE",
         "Faust producer batch size in bytes. The embedded Tansu broker needs 1: it reports a "
