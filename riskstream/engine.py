@@ -574,6 +574,7 @@ class RiskEngine:
             prev = lifecycles.get(detector)
             verdict, new_state = decide(prev, risk, rule_hits,
                                         model.windows_seen, self.config.decision)
+            flagged, status, severity, threshold = verdict
             if new_state is None:
                 lifecycles.pop(detector, None)
             else:
@@ -583,23 +584,25 @@ class RiskEngine:
                     "advertiser_id": st.advertiser_id, "window": {"start": w.start, "end": w.end},
                     "model": {"name": spec_name, "version": spec.version,
                               "config_version": mc.version},
-                    "risk_score": round(risk, 6), "flagged": verdict.flagged,
-                    "severity": verdict.severity, "rules": [h.code for h in rule_hits],
+                    "risk_score": round(risk, 6), "flagged": flagged,
+                    "severity": severity, "rules": [h.code for h in rule_hits],
                     # round(v, 6) is v for a zero (the most common value): skip the call
                     "metrics": {k: v if v == 0.0 else round(v, 6) for k, v in x.items()},
                 }, st.partition))
-                st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
-                del st.recent[:-RECENT_SCORES]
-            if st.enforced_by is not None and verdict.status in ("open", "escalated"):
+                recent = st.recent
+                recent.append([w.start, round(risk, 4), severity if flagged else None])
+                if len(recent) > RECENT_SCORES:
+                    del recent[:-RECENT_SCORES]
+            if st.enforced_by is not None and status in ("open", "escalated"):
                 # Already enforced: enforcement acts on the confirmed alert; do not re-alert.
                 self.stats["suppressed_enforced"] += 1
-            elif verdict.status is not None:
+            elif status is not None:
                 reasons = [
                     {"type": "rule", "code": h.code, "message": h.message,
                      "value": round(h.value, 6), "threshold": h.threshold}
                     for h in rule_hits
-                ] if verdict.status != "resolved" else []
-                if verdict.status != "resolved":
+                ] if status != "resolved" else []
+                if status != "resolved":
                     for c in model.explain(x):
                         reasons.append({
                             "type": "feature",
@@ -617,25 +620,25 @@ class RiskEngine:
                 lifecycle = new_state or prev or {}
                 alert = build_alert(
                     advertiser_id=st.advertiser_id, window_start=w.start, window_end=w.end,
-                    detector=detector, status=verdict.status, severity=verdict.severity or "low",
-                    risk_score=risk, threshold=verdict.threshold, model_name=spec_name,
+                    detector=detector, status=status, severity=severity or "low",
+                    risk_score=risk, threshold=threshold, model_name=spec_name,
                     model_version=spec.version, config_version=mc.version, mode=mode,
                     reasons=reasons, metrics=x,
                     episode={"flagged_windows": lifecycle.get("flagged_windows", 0)},
                     emitted_at_ms=now,
                 )
-                if verdict.status == "open":
+                if status == "open":
                     st.lifecycle[detector]["opened_alert_id"] = alert["alert_id"]
                     st.lifecycle[detector]["opened_window_start"] = w.start
                 alert["episode"]["opened_alert_id"] = lifecycle.get("opened_alert_id")
                 out.append(Output("alert" if mode == "enforce" else "shadow_alert",
                                   st.advertiser_id, alert, st.partition))
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
-            elif verdict.flagged:
+            elif flagged:
                 self.stats["suppressed"] += 1
             if st.enforced_by is not None:
                 pass  # confirmed-bad traffic never becomes a baseline
-            elif not verdict.flagged:
+            elif not flagged:
                 model.learn_one(x)
             else:
                 # Score before learn, and never learn the anomalies we flag (River's
