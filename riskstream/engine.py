@@ -430,8 +430,8 @@ class RiskEngine:
         if st is None:
             st = self._cached_state(clock, partition, adv)
             if st is None:
-                st = clock.states[adv] = self._states[advertiser_key(partition, adv)] = \
-                    AdvertiserState(adv, partition)
+                st = AdvertiserState(adv, partition)
+                clock.states[adv] = self._states[st.key] = st
         w = st.windows.get(start)
         if w is None:
             w = st.windows[start] = AdvertiserWindow(start, end)
