@@ -29,7 +29,8 @@ Every figure function is importable (``bare_loop``, ``faust_noop``, ``worker_thr
 settings, profile=...)`` runs them all. ``python -m app.bench noop|state ...`` are the helper
 subprocesses; ``python -m app.bench backtest [--against REV]`` measures the backtest figure alone
 (no broker), optionally against a git revision's code in the same run (``--sparse A``: the
-sparse-advertiser replay instead, A advertisers with a window per event). Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
+sparse-advertiser replay instead, A advertisers with a window per event).
+Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
 errors and Ctrl-C; they also get SIGTERM from the kernel if the harness dies (PR_SET_PDEATHSIG).
 """
 
@@ -1114,7 +1115,8 @@ _BACKTEST_CHILD = ("import json, sys; from app.bench import backtest_throughput;
                    "float(sys.argv[3]))))")
 # ``--sparse A``: the sparse-advertiser case of docs/performance.md ("100k advertisers on one
 # worker") offline: 3 events per advertiser, one in each of 3 consecutive 60 s windows, so every
-# event opens and later closes a window of its own. Self-contained (only ``replay``), so that it
+# event opens a window of its own (the first two close within the replay, the last is not due by
+# its end). Self-contained (only ``replay``), so that it
 # runs from any revision's tree; prints the keys ``backtest_throughput`` does.
 _SPARSE_CHILD = """
 import json, sys, time
