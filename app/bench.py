@@ -28,7 +28,9 @@ Every figure function is importable (``bare_loop``, ``faust_noop``, ``worker_thr
 ``recovery``, ``latency``, ``measure_state``, ``backtest_throughput``); ``run_bench(args,
 settings, profile=...)`` runs them all. ``python -m app.bench noop|state ...`` are the helper
 subprocesses; ``python -m app.bench backtest [--against REV]`` measures the backtest figure alone
-(no broker), optionally against a git revision's code in the same run. Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
+(no broker), optionally against a git revision's code in the same run (``--sparse A``: the
+sparse-advertiser replay instead, A advertisers with a window per event).
+Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
 errors and Ctrl-C; they also get SIGTERM from the kernel if the harness dies (PR_SET_PDEATHSIG).
 """
 
@@ -1111,13 +1113,49 @@ def backtest_throughput(n: int, advertisers: int = 1000, base_rate: float = 500.
 _BACKTEST_CHILD = ("import json, sys; from app.bench import backtest_throughput; "
                    "print(json.dumps(backtest_throughput(int(sys.argv[1]), int(sys.argv[2]), "
                    "float(sys.argv[3]))))")
+# ``--sparse A``: the sparse-advertiser case of docs/performance.md ("100k advertisers on one
+# worker") offline: 3 events per advertiser, one in each of 3 consecutive 60 s windows, so every
+# event opens a window of its own (the first two close within the replay, the last is not due by
+# its end). Self-contained (only ``replay``), so that it
+# runs from any revision's tree; prints the keys ``backtest_throughput`` does.
+_SPARSE_CHILD = """
+import json, sys, time
+import orjson
+from riskstream.backtest import replay
+advertisers, per, window_ms = int(sys.argv[1]), 3, 60_000
+n = advertisers * per
+now = 1_800_000_000_000
+start = now - now % window_ms - (per + 2) * window_ms
+lines = []
+for i in range(n):
+    adv = f"many-{i % advertisers:06d}"
+    lines.append(orjson.dumps({
+        "event_id": f"m{i}", "event_time": start + per * window_ms * i // n,
+        "advertiser_id": adv, "campaign_id": f"{adv}-c1", "ad_id": f"{adv}-c1-a1",
+        "user_id": f"u{i * 7919 % 99991}", "region": "US", "placement": "feed",
+        "cost_micros": 1000 + i % 500, "clicked": i % 50 == 0,
+        "click_delay_ms": 4000 if i % 50 == 0 else 0, "converted": False,
+        "dwell_ms": 9000 if i % 50 == 0 else 0}))
+cpu0 = time.process_time()
+res = replay(lines, [], partitions=6)
+cpu_s = time.process_time() - cpu0
+print(json.dumps({"events": res.events, "seconds": round(res.seconds, 3),
+                  "events_per_s": round(res.events_per_s, 1),
+                  "events_per_cpu_s": round(res.events / cpu_s, 1),
+                  "windows_closed": sum(1 for o in res.outputs if o.kind == "score"),
+                  "alerts": len(res.alerts()), "invalid": sum(res.invalid.values())}))
+"""
 
 
 def backtest_against(rev: str | None, n: int, advertisers: int, base_rate: float,
-                     rounds: int) -> dict[str, Any]:
+                     rounds: int, sparse: int = 0) -> dict[str, Any]:
     """The backtest figure of this tree, and with ``rev`` the same of that git revision's code
     (``git archive`` into a temp dir), alternating round by round so that both see the same
-    machine load; ratios are this tree's figure over the revision's, per round and median."""
+    machine load; ratios are this tree's figure over the revision's, per round and median.
+    ``sparse`` > 0: the sparse-advertiser replay (``_SPARSE_CHILD``) of that many advertisers
+    instead of the simulated ``n`` events."""
+    child = ([_SPARSE_CHILD, str(sparse)] if sparse else
+             [_BACKTEST_CHILD, str(n), str(advertisers), str(base_rate)])
     root = Path(__file__).resolve().parents[1]
     trees = {"this tree": root}
     tmp = None
@@ -1132,8 +1170,7 @@ def backtest_against(rev: str | None, n: int, advertisers: int, base_rate: float
         for i in range(rounds):
             for name, tree in trees.items():
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                out = subprocess.run([sys.executable, "-c", _BACKTEST_CHILD, str(n),
-                                      str(advertisers), str(base_rate)], cwd=tree, env=env,
+                out = subprocess.run([sys.executable, "-c", *child], cwd=tree, env=env,
                                      check=True, capture_output=True, text=True, timeout=900)
                 fig = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[name].append(fig)
@@ -1143,7 +1180,7 @@ def backtest_against(rev: str | None, n: int, advertisers: int, base_rate: float
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     result: dict[str, Any] = {"events": n, "advertisers": advertisers, "base_rate": base_rate,
-                              "runs": runs}
+                              "sparse": sparse, "runs": runs}
     if rev:
         for key in ("events_per_s", "events_per_cpu_s"):
             ratios = sorted(new[key] / old[key] for new, old in zip(runs["this tree"], runs[rev]))
@@ -1163,9 +1200,12 @@ def _backtest_main(argv: list[str]) -> int:
     p.add_argument("--base-rate", type=float, default=quick.base_rate)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--against", metavar="REV", help="git revision to compare with")
+    p.add_argument("--sparse", type=int, default=0, metavar="ADVERTISERS",
+                   help="instead: the sparse-advertiser replay, 3 events (3 windows) each")
     p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
-    res = backtest_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds)
+    res = backtest_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds,
+                           a.sparse)
     for key in ("ratio_events_per_s", "ratio_events_per_cpu_s"):
         if key in res:
             print(f"{key}: median {res[key]['median']} (rounds {res[key]['per_round']})")

@@ -116,12 +116,13 @@ class Output(NamedTuple):
 
 
 class AdvertiserState:
-    __slots__ = ("advertiser_id", "partition", "windows", "models", "lifecycle", "last_event_ms",
-                 "recent", "enforced_by", "offsets")
+    __slots__ = ("advertiser_id", "partition", "key", "windows", "models", "lifecycle",
+                 "last_event_ms", "recent", "enforced_by", "offsets")
 
     def __init__(self, advertiser_id: str, partition: int) -> None:
         self.advertiser_id = advertiser_id
         self.partition = partition
+        self.key = advertiser_key(partition, advertiser_id)  # its store key, built once
         self.windows: dict[int, AdvertiserWindow] = {}
         self.models: dict[str, RiskModel] = {}
         self.lifecycle: dict[str, dict[str, Any]] = {}  # detector -> open-alert state
@@ -182,9 +183,12 @@ class AdvertiserState:
 
 
 class _PartitionClock:
-    __slots__ = ("wm", "caught_up", "closed_to", "heap", "offsets")
+    __slots__ = ("wm", "caught_up", "closed_to", "heap", "offsets", "states")
 
     def __init__(self) -> None:
+        # advertiser id -> its state, for the hot path: a subset of RiskEngine._states (the
+        # truth), filled on first use and emptied wherever a state leaves _states.
+        self.states: dict[str, AdvertiserState] = {}
         self.offsets: dict[str, int] = {}  # input topic -> next offset reflected in the state
         self.wm = {s: NEG_INF for s in SOURCES}
         self.caught_up = {s: False for s in SOURCES}
@@ -226,6 +230,8 @@ class RiskEngine:
         self._dirty: set[str] = set()
         self._partitions: dict[int, _PartitionClock] = {}
         self._dirty_meta: set[int] = set()
+        self._specs_of: ModelConfig | None = None  # the model config _specs_cache is for
+        self._specs_cache: list[tuple[str, str, Any, str]] = []
         self.stats = {"events": 0, "late": 0, "windows_closed": 0, "alerts": 0,
                       "shadow_alerts": 0, "suppressed": 0, "checkpoints": 0, "expired": 0,
                       "last_checkpoint_bytes": 0, "suppressed_enforced": 0}
@@ -325,6 +331,23 @@ class RiskEngine:
             st = self._states[key] = AdvertiserState.loads(raw)
         return st
 
+    def _cached_state(self, clock: _PartitionClock, partition: int,
+                      advertiser_id: str) -> AdvertiserState | None:
+        """The state of an advertiser of a loaded partition (``clock``), via its cache."""
+        st = clock.states.get(advertiser_id)
+        if st is None:
+            st = self._state_for_key(advertiser_key(partition, advertiser_id))
+            if st is not None:
+                clock.states[advertiser_id] = st
+        return st
+
+    def _drop(self, key: str, st: AdvertiserState) -> None:
+        """Drop a state from memory (deleted or expired), with its hot-path cache entry."""
+        del self._states[key]
+        clock = self._partitions.get(st.partition)
+        if clock is not None:
+            clock.states.pop(st.advertiser_id, None)
+
     def state_of(self, partition: int, advertiser_id: str) -> AdvertiserState | None:
         return self._state_for_key(advertiser_key(partition, advertiser_id))
 
@@ -345,7 +368,7 @@ class RiskEngine:
                 continue  # revoked or expired since it changed
             if not st.windows and not st.lifecycle and not st.models:
                 self.store.delete(st.partition, key)
-                self._states.pop(key, None)
+                self._drop(key, st)
             else:
                 raw = st.dumps()
                 written_bytes += len(raw)
@@ -374,7 +397,7 @@ class RiskEngine:
             if clock is None or st.windows or st.lifecycle:
                 continue
             if st.last_event_ms < clock.closed_to - ttl:
-                del self._states[key]
+                self._drop(key, st)
                 self._dirty.discard(key)
                 self.store.delete(st.partition, key)
                 expired += 1
@@ -389,7 +412,8 @@ class RiskEngine:
         Raises InvalidEvent("late_event") when the event's window has already closed.
         """
         # The hot path of both the worker and the replay: lookups are inlined on purpose
-        # (window_start, _partition, _state_for_key, close_watermark), see docs/performance.md.
+        # (window_start, _partition, _cached_state, close_watermark and _advance up to its
+        # first window due), see docs/performance.md.
         source = event["type"]
         t = event["event_time"]
         size = self._window_ms
@@ -402,12 +426,12 @@ class RiskEngine:
             self.stats["late"] += 1
             raise InvalidEvent("late_event", f"window ending {iso_ms(end)} already closed")
         adv = event["advertiser_id"]
-        key = f"a:{partition}:{adv}"  # advertiser_key(partition, adv)
-        st = self._states.get(key)
+        st = clock.states.get(adv)
         if st is None:
-            st = self._state_for_key(key)
+            st = self._cached_state(clock, partition, adv)
             if st is None:
-                st = self._states[key] = AdvertiserState(adv, partition)
+                st = AdvertiserState(adv, partition)
+                clock.states[adv] = self._states[st.key] = st
         w = st.windows.get(start)
         if w is None:
             w = st.windows[start] = AdvertiserWindow(start, end)
@@ -423,20 +447,34 @@ class RiskEngine:
             st.last_event_ms = t
         if position is not None:  # (input topic, offset) this event came from
             st.offsets[position[0]] = position[1] + 1
-        self._dirty.add(key)
+        self._dirty.add(st.key)
         self.stats["events"] += 1
         changed = False
         wm = clock.wm
         if t > wm[source]:
             wm[source] = t
             changed = True
-        if clock.caught_up[source] != caught_up:
-            clock.caught_up[source] = caught_up
+        caught = clock.caught_up
+        if caught[source] != caught_up:
+            caught[source] = caught_up
             changed = True
-        if changed:
-            self._dirty_meta.add(partition)
-            return self._advance(partition, clock)
-        return []
+        if not changed:
+            return []
+        self._dirty_meta.add(partition)
+        # _advance inlined up to the first window due (most events close nothing)
+        imp, fb = wm["impression"], wm["feedback"]
+        if caught["impression"]:
+            close_wm = (imp if imp > fb else fb) if caught["feedback"] else fb
+        else:
+            close_wm = imp if caught["feedback"] or imp < fb else fb
+        due_before = close_wm - self._lateness_ms
+        if due_before <= clock.closed_to:
+            return []
+        clock.closed_to = due_before
+        heap = clock.heap
+        if not heap or heap[0][0] > due_before:
+            return []
+        return self._close_due(partition, clock, due_before)
 
     def _advance(self, partition: int, clock: _PartitionClock) -> list[Output]:
         due_before = clock.close_watermark() - self._lateness_ms  # ends <= this are due
@@ -447,18 +485,25 @@ class RiskEngine:
         heap = clock.heap
         if not heap or heap[0][0] > due_before:
             return []
+        return self._close_due(partition, clock, due_before)
+
+    def _close_due(self, partition: int, clock: _PartitionClock, due_before: int
+                   ) -> list[Output]:
+        """Close every window of the partition that ends at or before ``due_before``."""
+        heap = clock.heap
         out: list[Output] = []
+        states = clock.states
+        dirty = self._dirty
         while heap and heap[0][0] <= due_before:
             _end, adv, start = heapq.heappop(heap)
-            key = advertiser_key(partition, adv)
-            st = self._state_for_key(key)
+            st = states.get(adv) or self._cached_state(clock, partition, adv)
             if st is None:
                 continue
             w = st.windows.pop(start, None)
             if w is None:
                 continue
             self._close_window(st, w, out)
-            self._dirty.add(key)
+            dirty.add(st.key)
         return out
 
     def flush(self) -> list[Output]:
@@ -504,46 +549,60 @@ class RiskEngine:
         self._dirty.add(key)
 
     # -- closing a window -----------------------------------------------------------------
+    def _specs(self) -> list[tuple[str, str, Any, str]]:
+        """(spec name, mode, spec, detector) per configured spec, built once per model config."""
+        mc = self.model_config
+        if self._specs_of is not mc:
+            self._specs_cache = [
+                (name, "enforce" if name == mc.enforce else "shadow", get_spec(name),
+                 f"risk:{name}") for name in mc.specs()]
+            self._specs_of = mc
+        return self._specs_cache
+
     def _close_window(self, st: AdvertiserState, w: AdvertiserWindow, out: list[Output]) -> None:
         self.stats["windows_closed"] += 1
         x = window_features(w)
         rule_hits = evaluate_rules(x)
         mc = self.model_config
-        now = self._clock_ms() if self._clock_ms else w.end + self.config.lateness_ms
-        for spec_name in mc.specs():
-            mode = "enforce" if spec_name == mc.enforce else "shadow"
-            spec = get_spec(spec_name)
-            model = st.model(spec_name)
+        now = self._clock_ms() if self._clock_ms else w.end + self._lateness_ms
+        lifecycles = st.lifecycle
+        for spec_name, mode, spec, detector in self._specs():
+            model = st.models.get(spec_name)
+            if model is None:
+                model = st.model(spec_name)
             risk = model.score_one(x)
-            detector = f"risk:{spec_name}"
-            prev = st.lifecycle.get(detector)
+            prev = lifecycles.get(detector)
             verdict, new_state = decide(prev, risk, rule_hits,
                                         model.windows_seen, self.config.decision)
+            flagged, status, severity, threshold = verdict
             if new_state is None:
-                st.lifecycle.pop(detector, None)
+                lifecycles.pop(detector, None)
             else:
-                st.lifecycle[detector] = new_state
+                lifecycles[detector] = new_state
             if mode == "enforce":
                 out.append(Output("score", st.advertiser_id, {
                     "advertiser_id": st.advertiser_id, "window": {"start": w.start, "end": w.end},
                     "model": {"name": spec_name, "version": spec.version,
                               "config_version": mc.version},
-                    "risk_score": round(risk, 6), "flagged": verdict.flagged,
-                    "severity": verdict.severity, "rules": [h.code for h in rule_hits],
-                    "metrics": {k: round(v, 6) for k, v in x.items()},
+                    "risk_score": round(risk, 6), "flagged": flagged,
+                    "severity": severity, "rules": [h.code for h in rule_hits],
+                    # round(v, 6) is v for a zero (the most common value): skip the call
+                    "metrics": {k: v if v == 0.0 else round(v, 6) for k, v in x.items()},
                 }, st.partition))
-                st.recent.append([w.start, round(risk, 4), verdict.severity if verdict.flagged else None])
-                del st.recent[:-RECENT_SCORES]
-            if st.enforced_by is not None and verdict.status in ("open", "escalated"):
+                recent = st.recent
+                recent.append([w.start, round(risk, 4), severity if flagged else None])
+                if len(recent) > RECENT_SCORES:
+                    del recent[:-RECENT_SCORES]
+            if st.enforced_by is not None and status in ("open", "escalated"):
                 # Already enforced: enforcement acts on the confirmed alert; do not re-alert.
                 self.stats["suppressed_enforced"] += 1
-            elif verdict.status is not None:
+            elif status is not None:
                 reasons = [
                     {"type": "rule", "code": h.code, "message": h.message,
                      "value": round(h.value, 6), "threshold": h.threshold}
                     for h in rule_hits
-                ] if verdict.status != "resolved" else []
-                if verdict.status != "resolved":
+                ] if status != "resolved" else []
+                if status != "resolved":
                     for c in model.explain(x):
                         reasons.append({
                             "type": "feature",
@@ -561,25 +620,25 @@ class RiskEngine:
                 lifecycle = new_state or prev or {}
                 alert = build_alert(
                     advertiser_id=st.advertiser_id, window_start=w.start, window_end=w.end,
-                    detector=detector, status=verdict.status, severity=verdict.severity or "low",
-                    risk_score=risk, threshold=verdict.threshold, model_name=spec_name,
+                    detector=detector, status=status, severity=severity or "low",
+                    risk_score=risk, threshold=threshold, model_name=spec_name,
                     model_version=spec.version, config_version=mc.version, mode=mode,
                     reasons=reasons, metrics=x,
                     episode={"flagged_windows": lifecycle.get("flagged_windows", 0)},
                     emitted_at_ms=now,
                 )
-                if verdict.status == "open":
+                if status == "open":
                     st.lifecycle[detector]["opened_alert_id"] = alert["alert_id"]
                     st.lifecycle[detector]["opened_window_start"] = w.start
                 alert["episode"]["opened_alert_id"] = lifecycle.get("opened_alert_id")
                 out.append(Output("alert" if mode == "enforce" else "shadow_alert",
                                   st.advertiser_id, alert, st.partition))
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
-            elif verdict.flagged:
+            elif flagged:
                 self.stats["suppressed"] += 1
             if st.enforced_by is not None:
                 pass  # confirmed-bad traffic never becomes a baseline
-            elif not verdict.flagged:
+            elif not flagged:
                 model.learn_one(x)
             else:
                 # Score before learn, and never learn the anomalies we flag (River's

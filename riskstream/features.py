@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from riskstream.windows import AdvertiserWindow
+from riskstream.windows import FEEDBACK_COUNTERS, REASON_COUNTERS, AdvertiserWindow
 
 
 class Feature(NamedTuple):
@@ -66,6 +66,14 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 FEATURE_INFO = {f.name: f for f in FEATURES}
 
+# Counter positions in a window (``AdvertiserWindow.feedback_count`` / ``reason_count`` without
+# the look-up per window close).
+_REPORT, _HIDE, _NOT_INTERESTED, _COMPLAINT, _REFUND, _SATISFACTION = (
+    FEEDBACK_COUNTERS.index(k) for k in ("report", "hide", "not_interested", "complaint",
+                                         "refund_request", "satisfaction"))
+_SCAM, _MISLEADING, _COUNTERFEIT, _NOT_RECEIVED = (
+    REASON_COUNTERS.index(r) for r in ("scam", "misleading", "counterfeit", "not_received"))
+
 
 def window_features(w: AdvertiserWindow) -> dict[str, float]:
     imps = w.impressions
@@ -73,12 +81,14 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
     conversions = w.conversions
     per_imp = 1.0 / imps if imps else 0.0
     users = w.unique_users()
-    reports = w.feedback_count("report")
-    complaints = w.feedback_count("complaint")
-    refunds = w.feedback_count("refund_request")
-    ratings = w.feedback_count("satisfaction")
-    scam = w.reason_count("scam") + w.reason_count("misleading")
-    deception = scam + w.reason_count("counterfeit") + w.reason_count("not_received")
+    feedback = w.feedback
+    reasons = w.reasons
+    reports = feedback[_REPORT]
+    complaints = feedback[_COMPLAINT]
+    refunds = feedback[_REFUND]
+    ratings = feedback[_SATISFACTION]
+    scam = reasons[_SCAM] + reasons[_MISLEADING]
+    deception = scam + reasons[_COUNTERFEIT] + reasons[_NOT_RECEIVED]
     top_region = max(w.regions.values()) if w.regions else 0
     return {
         "impressions": float(imps),
@@ -97,8 +107,8 @@ def window_features(w: AdvertiserWindow) -> dict[str, float]:
         "regions": float(len(w.regions)),
         "reports": float(reports),
         "report_rate": reports * per_imp,
-        "hide_rate": w.feedback_count("hide") * per_imp,
-        "not_interested_rate": w.feedback_count("not_interested") * per_imp,
+        "hide_rate": feedback[_HIDE] * per_imp,
+        "not_interested_rate": feedback[_NOT_INTERESTED] * per_imp,
         "scam_reports": float(scam),
         "scam_report_rate": scam * per_imp,
         "complaints": float(complaints),

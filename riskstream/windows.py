@@ -34,6 +34,8 @@ MAX_REGIONS = 32
 FEEDBACK_COUNTERS = ("report", "hide", "not_interested", "complaint", "refund_request",
                      "satisfaction")
 REASON_COUNTERS = ("scam", "misleading", "offensive", "counterfeit", "not_received", "other")
+_FEEDBACK_INDEX = {k: i for i, k in enumerate(FEEDBACK_COUNTERS)}
+_REASON_INDEX = {r: i for i, r in enumerate(REASON_COUNTERS)}
 _HASH_SPACE = float(1 << 32)
 _bisect_left = bisect.bisect_left
 _crc32 = zlib.crc32
@@ -115,7 +117,8 @@ class AdvertiserWindow:
 
     def add_feedback(self, ev: dict) -> None:
         kind = ev["kind"]
-        self.feedback[FEEDBACK_COUNTERS.index(kind)] += 1
+        i = _FEEDBACK_INDEX.get(kind)
+        self.feedback[FEEDBACK_COUNTERS.index(kind) if i is None else i] += 1  # unknown: raises
         if kind == "satisfaction":
             rating = ev["rating"]
             self.rating_sum += rating
@@ -123,8 +126,7 @@ class AdvertiserWindow:
                 self.low_ratings += 1
         reason = ev["reason"]
         if reason:
-            idx = REASON_COUNTERS.index(reason) if reason in REASON_COUNTERS else -1
-            self.reasons[idx] += 1
+            self.reasons[_REASON_INDEX.get(reason, -1)] += 1
 
     # -- read -------------------------------------------------------------------------------
     def unique_users(self) -> float:

@@ -115,3 +115,14 @@ def test_backtest_against_a_revision_runs_both_trees_alternately():
     for key in ("ratio_events_per_s", "ratio_events_per_cpu_s"):
         (ratio,) = res[key]["per_round"]
         assert ratio > 0 and res[key]["median"] == ratio
+
+
+def test_backtest_sparse_replays_a_window_per_event_in_both_trees():
+    """``--sparse A``: A advertisers x 3 events, each event in a window of its own; the first
+    two windows of each advertiser close within the replay (the last is not due by its end) --
+    from this tree and from REV's."""
+    res = bench.backtest_against("HEAD", 0, 0, 0.0, rounds=1, sparse=40)
+    (ours,), (theirs,) = res["runs"]["this tree"], res["runs"]["HEAD"]
+    assert ours["events"] == theirs["events"] == 120
+    assert ours["windows_closed"] == theirs["windows_closed"] == 80
+    assert res["sparse"] == 40 and res["ratio_events_per_cpu_s"]["median"] > 0
