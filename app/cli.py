@@ -140,8 +140,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from app.transport import tune_gc
     from riskstream.backtest import run
 
+    tune_gc()  # as the worker: full collections over the advertisers' states (docs/performance.md)
     return run(args, settings)
 
 
