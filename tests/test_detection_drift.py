@@ -1,9 +1,11 @@
-"""robust-baseline v4: the drift detector (one-sided Poisson CUSUM), deception signals and the
-cohort prior's event floor. Unit tests on plain feature dicts (fast, no broker)."""
+"""robust-baseline v4 and v5: the drift detector (one-sided Poisson CUSUM; v5 adds a joint drift
+of hides and reports for scam ads), deception signals and the cohort prior's event floor. Unit
+tests on plain feature dicts (fast, no broker)."""
 
 from __future__ import annotations
 
 import math
+import random
 
 from models.baseline import CUSUM_RATIOS, DEFAULT_PRIORS, PRIOR_EVENTS, RobustBaseline
 from riskstream.decision import DecisionConfig
@@ -183,3 +185,90 @@ def test_baseline_leaving_the_prior_is_not_a_drift(monkeypatch) -> None:
     assert young_advertisers_alerting() == 0
     monkeypatch.setattr(baseline, "DRIFT_WARMUP", 0)
     assert young_advertisers_alerting() > 0
+
+
+# -- v5: the joint hide + report drift (scam ads) ---------------------------------------------
+
+
+def feedback_window(imps: float = 100.0, hides: float = 0.15,
+                    reports: float = 0.02) -> dict[str, float]:
+    """One window's features with the hide and report counts the joint drift reads (fractional
+    counts stand for an average window)."""
+    return {"impressions": imps, "clicks": 1.0, "ctr": 1.0 / imps, "hide_rate": hides / imps,
+            "reports": reports, "report_rate": reports / imps}
+
+
+def trained_feedback(windows: int = 120) -> RobustBaseline:
+    m = RobustBaseline()
+    for _ in range(windows):
+        m.learn_one(feedback_window())
+    return m
+
+
+SCAM_AD = [feedback_window(hides=0.9, reports=0.5) for _ in range(30)]
+
+
+def test_scam_ad_hides_and_reports_add_up(monkeypatch) -> None:
+    """A scam ad at 100 impressions a minute: hides x6 and reports x25, each a fraction of an
+    event a window. The joint drift crosses the threshold within ~10 windows; without it, the
+    short horizons take longer."""
+    import models.baseline as baseline
+
+    risks = run(trained_feedback(), SCAM_AD)
+    first = next(i for i, r in enumerate(risks) if r >= THRESHOLD)
+    assert first <= 12
+    monkeypatch.setattr(baseline, "JOINT_DRIFTS", {})
+    risks = run(trained_feedback(), SCAM_AD)
+    assert all(r < THRESHOLD for r in risks[:first + 1])
+
+
+def test_scam_drift_is_explained_by_a_stream_above_its_baseline() -> None:
+    m = trained_feedback()
+    for x in SCAM_AD:
+        if m.score_one(x) >= THRESHOLD:
+            top = m.explain(x)[0]
+            assert top.feature in ("hide_rate", "report_rate"), top
+            assert top.value > 5 * top.baseline
+            return
+        m.learn_one(x)
+    raise AssertionError("the scam ad never crossed the threshold")
+
+
+def test_steady_hides_and_reports_never_drift() -> None:
+    """Four hours of Poisson hides and reports at the advertiser's own rates: no alert."""
+    rng = random.Random(5)
+
+    def poisson(lam: float) -> float:
+        k, t = 0, rng.expovariate(1.0)
+        while t < lam:
+            k, t = k + 1, t + rng.expovariate(1.0)
+        return float(k)
+
+    m = trained_feedback()
+    xs = [feedback_window(hides=poisson(0.15), reports=poisson(0.02)) for _ in range(240)]
+    assert max(run(m, xs)) < THRESHOLD
+
+
+def test_one_report_is_not_a_joint_drift() -> None:
+    """The joint drift needs JOINT_MIN_EVENTS events: a single report on a quiet advertiser
+    (x50 its rate for one window) does not open it."""
+    from models.baseline import JOINT_MIN_EVENTS
+
+    assert JOINT_MIN_EVENTS >= 2
+    m = trained_feedback()
+    risks = run(m, [feedback_window(hides=0.0, reports=1.0)] + [feedback_window()] * 5)
+    assert max(risks) < THRESHOLD
+
+
+def test_joint_drift_state_round_trips() -> None:
+    m = trained_feedback()
+    for x in SCAM_AD[:3]:
+        m.learn_one(x)
+    c = m.state()["cusum"]["hide_report"]
+    assert len(c) == 1 + 2 * 2 and c[0] > 0.0  # statistic, then (events, exposure) x 2 streams
+    m2 = RobustBaseline()
+    m2.load_state(m.state())
+    assert m2.state() == m.state()
+    assert m2.score_one(SCAM_AD[0]) == m.score_one(SCAM_AD[0])
+    m.observe_flagged(SCAM_AD[0])
+    assert "hide_report" not in m.state()["cusum"]  # a flagged window restarts it

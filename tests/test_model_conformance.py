@@ -545,6 +545,21 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'518578,0.327386],"median_click_delay_ms":[7.89834,0.327262,0.327386],"impressions_per_user'
         b'":[0.730882,0.193129,0.354021],"mean_rating":[1.61659,0.23655,0.209399]},"cusum":{"ctr":[1'
         b'6.0138,27.0,306.0]},"volume":103.272,"seen":13}'),
+    # robust-baseline "5": a joint drift of hides and reports ("cusum" entry "hide_report": the
+    # statistic, then events and exposure per stream; here after 60 normal windows and 3 with a
+    # hide and a report each); the v4 drifts (ctr, deception_rate) keep their layout.
+    ("robust-baseline", "5"): orjson.loads(
+        b'{"rates":{"ctr":[76.4754,3823.77,19.9738,998.69,56.8824,2844.12],"fast_click_share":[7.60339'
+        b',152.068,0.99869,19.9738,2.84412,56.8824],"short_dwell_share":[10.9746,109.746,1.99738,19.97'
+        b'38,5.68824,56.8824],"report_rate":[3.84373,12736.1,2.71,998.69,2.9109,2844.12],"hide_rate":['
+        b'11.3632,5337.53,3.87587,998.69,7.71074,2844.12],"not_interested_rate":[2.3595,6987.28,0.0,99'
+        b'8.69,0.0,2844.12],"scam_report_rate":[2.84623,20380.5,0.0,998.69,0.0,2844.12],"complaints_pe'
+        b'r_impression":[2.97262,105359.0,0.0,998.69,0.0,2844.12],"harm_rate":[5.68562,11394.1,2.71,99'
+        b'8.69,2.9109,2844.12],"low_rating_share":[3.0,20.0,0.0,0.0,0.0,0.0],"deception_rate":[2.94703'
+        b',55363.4,0.0,998.69,0.0,2844.12]},"levels":{"mean_dwell_ms":[9.90354,0.0700137,0.764754],"me'
+        b'dian_click_delay_ms":[8.0067,0.0700137,0.764754],"impressions_per_user":[0.741937,0.0700137,'
+        b'0.764754],"mean_rating":[1.60944,0.25,0.16]},"cusum":{"hide_report":[8.47835,3.0,300.0,3.0,3'
+        b'00.0]},"volume":100.0,"seen":63}'),
 }
 
 
@@ -576,6 +591,20 @@ def test_robust_baseline_loads_a_v3_state_into_the_current_model() -> None:
     assert m.state()["cusum"] == {}  # no drift in progress
     for x in normal_windows(5, seed=71) + [click_spam_window()]:
         assert_score(m.score_one(x), "robust-baseline v3 state in the current model")
+        m.learn_one(x)
+    assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
+
+
+def test_robust_baseline_loads_a_v4_state_into_the_current_model() -> None:
+    """A v4 state (no joint drift) loads into v5: its CTR drift in progress carries on, the joint
+    hide + report drift starts at rest."""
+    m = create("robust-baseline")
+    m.load_state(GOLDEN_STATES["robust-baseline", "4"])
+    assert m.windows_seen == 13
+    assert m.state()["rates"]["ctr"] == GOLDEN_STATES["robust-baseline", "4"]["rates"]["ctr"]
+    assert m.state()["cusum"] == GOLDEN_STATES["robust-baseline", "4"]["cusum"]
+    for x in normal_windows(5, seed=71) + [click_spam_window()]:
+        assert_score(m.score_one(x), "robust-baseline v4 state in the current model")
         m.learn_one(x)
     assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
 
