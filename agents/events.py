@@ -152,7 +152,7 @@ def register_agents(ra: Any) -> None:
     # run of events already fetched behind the gap is skipped until the re-fetch arrives, which
     # starts at or below the last offset seen). If the re-fetch itself starts past the expected
     # offset, those offsets do not exist (retention, transaction markers): counted, accepted.
-    refetch: dict[Any, list[int]] = {}  # tp -> [expected offset, last offset seen]
+    refetch: dict[Any, int] = {}  # tp -> last offset seen since its gap was found
 
     async def process_batch(batch: list[Any]) -> None:
         started = time.perf_counter()
@@ -174,14 +174,14 @@ def register_agents(ra: Any) -> None:
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
                 expected = engine.next_offset(partition, topic)
                 if offset > expected >= 0:
-                    gap = refetch.get(tp)
-                    if gap is None or offset > gap[1]:  # a gap, or the run fetched behind it
-                        if gap is None:
+                    seen = refetch.get(tp)
+                    if seen is None or offset > seen:  # a gap, or the run fetched behind it
+                        if seen is None:
                             metrics.input_gaps.labels(topic, "refetched").inc()
                             log.warning("input gap: %s[%d] expected offset %d, got %d "
                                         "(committed %s); fetching again", topic, partition,
                                         expected, offset, consumer._committed_offset.get(tp))
-                        refetch[tp] = [expected, offset]
+                        refetch[tp] = offset
                         seek_to[tp] = expected
                         untrack(msg)  # never acknowledged: it comes again
                         continue
@@ -189,8 +189,8 @@ def register_agents(ra: Any) -> None:
                     metrics.input_gaps.labels(topic, "missing").inc()
                     log.warning("input offsets %d-%d of %s[%d] do not exist (retention or "
                                 "transaction markers)", expected, offset - 1, topic, partition)
-                elif tp in refetch:
-                    del refetch[tp]
+                elif refetch:
+                    refetch.pop(tp, None)  # the re-fetch arrived
                 pending.append(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
@@ -267,22 +267,21 @@ def register_agents(ra: Any) -> None:
             if app.rebalancing:  # began while we waited: state may be mid-recovery
                 return
             assignment = consumer.assignment()
-            if highwaters is None or now - asked > INPUT_IDLE_S:
-                # The broker did not answer (in time): an input is not idle because we could
-                # not hear from it. Every input counts as lagging again until it has been
-                # silent for INPUT_IDLE_S with the broker reachable, so a backlog that
-                # producers resend after an outage is not late behind windows closed meanwhile
-                # (docs/faults.md, "An outage longer than the allowed lateness"). Un-catching
-                # only holds the watermark back: it closes nothing (emitted all the same).
-                for tp in tps:
-                    if tp in assignment:
-                        last_active[tp] = now
-                        held = engine.set_caught_up(tp.partition, source_of[tp.topic][0], False)
-                        if held:
-                            await emit(held)
-                return
+            # The broker did not answer (in time): an input is not idle because we could not
+            # hear from it. Every input counts as lagging again until it has been silent for
+            # INPUT_IDLE_S with the broker reachable, so a backlog that producers resend after
+            # an outage is not late behind windows closed meanwhile (docs/faults.md, "An outage
+            # longer than the allowed lateness"). Un-catching only holds the watermark back: it
+            # closes nothing (emitted all the same).
+            reachable = highwaters is not None and now - asked <= INPUT_IDLE_S
             outputs = []
             for tp in tps:
+                source = source_of[tp.topic][0]
+                if not reachable:
+                    if tp in assignment:
+                        last_active[tp] = now
+                        outputs += engine.set_caught_up(tp.partition, source, False)
+                    continue
                 idle_since = last_active.setdefault(tp, now)
                 hw = highwaters.get(tp)
                 if hw is None or tp not in assignment:
@@ -293,7 +292,7 @@ def register_agents(ra: Any) -> None:
                     nxt = committed if committed is not None else earliest.get(tp, 0)
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
-                    outputs += engine.set_caught_up(tp.partition, source_of[tp.topic][0], True)
+                    outputs += engine.set_caught_up(tp.partition, source, True)
             if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
         metrics.active_advertisers.set(engine.active_advertisers())

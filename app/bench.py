@@ -506,15 +506,18 @@ class WorkerProc:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def metrics(self) -> dict[str, float] | None:
-        """``/metrics`` samples summed over labels by metric name; None while not answering."""
+    def metrics_text(self) -> str | None:
+        """The ``/metrics`` page; None while not answering."""
         try:
             status, body = self.get("/metrics")
         except (OSError, urllib.error.URLError):
             return None
-        if status != 200:
-            return None
-        return parse_metrics(body.decode())
+        return body.decode() if status == 200 else None
+
+    def metrics(self) -> dict[str, float] | None:
+        """``/metrics`` samples summed over labels by metric name; None while not answering."""
+        text = self.metrics_text()
+        return None if text is None else parse_metrics(text)
 
     def ready(self) -> bool:
         try:
@@ -728,14 +731,11 @@ def _rss_of(pid: int) -> int | None:
 def owned_input_partitions(w: WorkerProc) -> set[tuple[str, str]] | None:
     """The input partitions a worker owns: the label sets of its consumer-lag gauge (set for
     every owned input partition once a second, removed on revocation)."""
-    try:
-        status, body = w.get("/metrics")
-    except (OSError, urllib.error.URLError):
-        return None
-    if status != 200:
+    text = w.metrics_text()
+    if text is None:
         return None
     owned = set()
-    for line in body.decode().splitlines():
+    for line in text.splitlines():
         if line.startswith("riskstream_consumer_lag_messages{"):
             labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:
                                                           line.index("}")].split(","))

@@ -36,8 +36,8 @@ are the only thing that commits input offsets, and the consumer's ``_committed_o
 kept equal to what they committed.
 
 And a race of Faust's end of recovery that dropped freshly fetched events is closed here
-(:func:`keep_queued_events_on_resume`, applied in both modes by ``app.factory.create_app``;
-docs/faults.md).
+(``app.transport.keep_queued_events_on_resume``, applied in both modes by
+``app.factory.create_app``; docs/faults.md).
 
 Why Faust's producers rather than our own ``AIOKafkaProducer(transactional_id=...)`` or
 confluent-kafka's: Faust in exactly_once mode starts one per input partition anyway, at the right
@@ -79,7 +79,6 @@ class ExactlyOnce:
         self._held: dict[int, list[tuple[str, bytes | None, bytes]]] = defaultdict(list)
         self._committed: dict[int, dict[str, int]] = {}  # partition -> offsets we committed
         self._took_over = False
-        # (keep_queued_events_on_resume: applied in both modes by app.factory.create_app)
 
         @self.app.on_partitions_revoked.connect
         async def forget_revoked(sender: Any, revoked: Any, **_: Any) -> None:
@@ -165,28 +164,3 @@ class ExactlyOnce:
 
         transactions.commit = no_commit
         self._took_over = True
-
-
-def keep_queued_events_on_resume(flow_control: Any) -> None:
-    """Make ``flow_control.resume()`` clear the channel queues only when the flow was actually
-    suspended.
-
-    mode's ``FlowControlEvent.resume`` always clears every ``clear_on_resume`` queue (the agent's
-    channel among them), even when the flow is already active. At the end of a table recovery
-    Faust resumes the input partitions, *then* awaits the seek to the committed offsets, *then*
-    calls ``resume()``: events fetched during that await -- already past the position the seek
-    keeps, since it is the committed offset the partition was reset to on assignment -- are
-    wiped from the queue and never fetched again. Seen in every second exactly_once run (the
-    ~10 s recovery leaves a fetch pending): the replacement's first event 1-3 offsets past the
-    committed one, those events missing from its state, scores and an alert differing from the
-    replay. Events queued before a real suspension (a rebalance) are still cleared; events of an
-    older generation that remain are skipped by ``event_batches``.
-    """
-    resume = flow_control.resume
-
-    def resume_once_suspended() -> None:
-        if not flow_control.is_active():
-            resume()
-
-    flow_control.resume = resume_once_suspended
-

@@ -27,8 +27,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import Metrics
 from app.settings import Settings
 from app.topics import load_topics
-from app.eos import keep_queued_events_on_resume
-from app.transport import SCHEME, QuietMonitor, RawSchema
+from app.transport import SCHEME, QuietMonitor, RawSchema, keep_queued_events_on_resume
 from riskstream.decision import DecisionConfig
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.events import Limits

@@ -271,9 +271,6 @@ class RiskEngine:
     # checkpoint writes it with the state. A consumer's committed offset can lag the state (a
     # crash between a checkpoint and the offset commit): the replayed events are then skipped
     # here instead of being counted twice. State and offsets agree without transactions.
-    def applied(self, partition: int, topic: str, offset: int) -> bool:
-        return offset < self._partition(partition).offsets.get(topic, -1)
-
     def next_offset(self, partition: int, topic: str) -> int:
         """The next offset of ``topic``'s ``partition`` the state expects (-1: none yet). The
         agent processes a partition's events in this order only: an earlier offset is a replay,

@@ -245,7 +245,7 @@ def test_resume_keeps_queued_events_unless_the_flow_was_suspended():
     queued meanwhile must survive (they are not fetched again); a real suspension still clears."""
     from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-    from app.eos import keep_queued_events_on_resume
+    from app.transport import keep_queued_events_on_resume
 
     async def run():
         flow = FlowControlEvent(initially_suspended=False)
