@@ -247,7 +247,7 @@ def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> d
     # or escaped text, bad JSON -- fails here and goes through _validate_impression_untyped,
     # which gives the reason; tests/test_events_typed_path.py holds both to the same outcome.
     if (type(raw) is bytes and len(raw) <= limits.max_message_bytes and raw.isascii()
-            and b"\\" not in raw and b"\x7f" not in raw):
+            and 0x5C not in raw and 0x7F not in raw):  # no backslash, no DEL (int: memchr)
         try:
             typed = _decode_typed_impression(raw)
         except _TypedDecodeError:
@@ -265,12 +265,11 @@ def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> d
 def _validate_impression_untyped(raw: bytes, now_ms: int, limits: Limits) -> dict:
     """validate_impression with orjson: its fast path for the usual shape, else the checked
     path."""
-    # Fast path in the worker and the replay: the checks of ``_impression`` inlined
-    # for the usual shape (every field present and not null, an integer event_time). It accepts
-    # only what ``_impression`` accepts and builds the same dict; anything else (a missing or
-    # null field, an RFC 3339 time, a wrong type, a bound crossed, bad JSON) goes through
-    # ``_impression``, which decides it and names the reason. tests/test_events_fast_path.py
-    # holds the two paths to the same outcome.
+    # Fast path: the checks of ``_impression`` inlined for the usual shape (every field present
+    # and not null, an integer event_time). It accepts only what ``_impression`` accepts and
+    # builds the same dict; anything else (a missing or null field, an RFC 3339 time, a wrong
+    # type, a bound crossed, bad JSON) goes through ``_impression``, which decides it and names
+    # the reason. tests/test_events_fast_path.py holds the two paths to the same outcome.
     obj = _json_object(raw, limits)
     if obj is None:
         return _impression(_decode(raw, limits), now_ms, limits)
