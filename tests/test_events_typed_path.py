@@ -21,12 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import riskstream.events as events
-from riskstream.events import (ID_MAX_LEN, MIN_EVENT_TIME_MS, InvalidEvent, Limits, _decode,
-                               _impression, validate_impression)
+from riskstream.events import (ID_MAX_LEN, MIN_EVENT_TIME_MS, Limits, _impression,
+                               validate_impression)
+from tests.test_events_fast_path import LIMITS, NOW, REPLAY, checked, outcome
 
-NOW = 1_767_571_200_000
-LIMITS = Limits()
-REPLAY = Limits(max_age_ms=1 << 62)
 DECLINED = object()  # what the typed path "returns" when it hands a message on
 
 # A well-formed impression, as JSON text tokens (the simulator's shape).
@@ -92,16 +90,7 @@ def impression_text(draw) -> bytes:
     return f"{draw(space)}{{{s}{body}{s}}}{draw(space)}".encode()
 
 
-def outcome(validate, raw: bytes, limits: Limits) -> tuple:
-    try:
-        ev = validate(raw, NOW, limits)
-    except InvalidEvent as exc:
-        return ("invalid", exc.reason, exc.detail)
-    return ("valid", {k: (type(v), v) for k, v in ev.items()})
-
-
-def checked(raw: bytes, now_ms: int, limits: Limits) -> dict:
-    return _impression(_decode(raw, limits), now_ms, limits)
+checked_impression = checked(_impression)
 
 
 def typed(raw: bytes, limits: Limits):
@@ -115,7 +104,7 @@ def typed(raw: bytes, limits: Limits):
 
 
 def assert_agree(raw: bytes, limits: Limits) -> None:
-    expected = outcome(checked, raw, limits)
+    expected = outcome(checked_impression, raw, limits)
     ev = typed(raw, limits)
     if ev is not DECLINED:
         assert expected == ("valid", {k: (type(v), v) for k, v in ev.items()}), raw
@@ -176,7 +165,8 @@ def test_which_messages_the_typed_path_takes(raw: bytes, taken: bool) -> None:
 
 def test_size_limit_is_the_checked_paths() -> None:
     raw = valid_text()
-    at_limit, over_limit = Limits(max_message_bytes=len(raw)), Limits(max_message_bytes=len(raw) - 1)
+    at_limit = Limits(max_message_bytes=len(raw))
+    over_limit = Limits(max_message_bytes=len(raw) - 1)
     assert typed(raw, at_limit) is not DECLINED
     assert typed(raw, over_limit) is DECLINED
     assert outcome(validate_impression, raw, over_limit)[:2] == ("invalid", "oversized")
@@ -197,4 +187,4 @@ def test_the_simulators_impressions_take_the_typed_path() -> None:
     for raw in lines:
         ev = typed(raw, REPLAY)
         assert ev is not DECLINED, raw
-        assert ev == checked(raw, NOW, REPLAY)
+        assert ev == checked_impression(raw, NOW, REPLAY)
