@@ -53,6 +53,7 @@ def record_calls(events: int, sparse: int, advertisers: int = 1000, base_rate: f
 
     calls: list[tuple[int, int, dict[str, float]]] = []
     index: dict[int, int] = {}
+    last: dict[int, tuple[int, dict[str, float]]] = {}  # model -> (id, copy) of its last x
     cls = baseline.RobustBaseline
     originals = {name: getattr(cls, name)
                  for name in ("score_one", "explain", "learn_one", "observe_flagged")}
@@ -61,7 +62,12 @@ def record_calls(events: int, sparse: int, advertisers: int = 1000, base_rate: f
         method = originals[name]
 
         def call(self, x, *args):
-            calls.append((index.setdefault(id(self), len(index)), op, dict(x)))
+            i = index.setdefault(id(self), len(index))
+            # the engine passes one dict to all the calls of a window: so does the replay
+            held = last.get(i)
+            if held is None or held[0] != id(x) or held[1] != x:
+                held = last[i] = (id(x), dict(x))
+            calls.append((i, op, held[1]))
             return method(self, x, *args)
         return call
 
