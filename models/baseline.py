@@ -38,6 +38,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 from river.base import AnomalyDetector
@@ -116,6 +117,9 @@ DEFAULT_PRIORS: dict[str, float] = {
 PRIOR_EVENTS = 3.0
 COUNT_MEMORY = 20.0  # expected events a rate baseline remembers
 MIN_ALPHA = 1e-4
+
+# RATES flattened for the per-window loops: (rate, numerator, denominator)
+RATE_FIELDS: tuple[tuple[str, str, str], ...] = tuple((r, n, d) for r, (n, d) in RATES.items())
 
 # Typical denominators of one window, used to size the prior's pseudo-evidence.
 PRIOR_DENOMINATORS: dict[str, float] = {
@@ -208,6 +212,26 @@ def window_counts(x: dict[str, float]) -> dict[str, float]:
     return {k: _count(v) for k, v in derived_counts(x).items()}
 
 
+@lru_cache(maxsize=32, typed=True)
+def _prior_sums(alpha: float, prior_weight: float, priors: tuple[tuple[str, float], ...],
+                horizons: int) -> tuple[tuple[tuple[str, tuple[float, ...]], ...], ...]:
+    """A new advertiser's rate and level sums, per model configuration: computed once, copied
+    into every new model (a worker with many advertisers creates thousands a minute)."""
+    p = dict(DEFAULT_PRIORS)
+    p.update(priors)
+    # Rates: (decayed numerator, decayed denominator, then per short horizon the decayed
+    # numerator and denominator). The long sums start at the cohort prior, worth
+    # ``prior_weight`` typical windows of PRIOR_DENOMINATORS volume, and at least
+    # PRIOR_EVENTS expected events.
+    rates = []
+    for name, (_num, den_name) in RATES.items():
+        den = max(prior_weight * PRIOR_DENOMINATORS[den_name], PRIOR_EVENTS / p[name])
+        rates.append((name, (p[name] * den, den) + (0.0, 0.0) * horizons))
+    # Levels: EW mean and variance of log1p(value), with a weight.
+    levels = tuple((name, (math.log1p(p[name]), 0.25, prior_weight * alpha)) for name in LEVELS)
+    return tuple(rates), levels
+
+
 class RobustBaseline(AnomalyDetector):
     """Directional, count-aware per-advertiser baseline over two horizons. State: ~60 floats.
 
@@ -235,24 +259,16 @@ class RobustBaseline(AnomalyDetector):
         self.prior_weight = prior_weight
         self.priors = priors
         self.short_decays = tuple(short_decays)
+        # per short horizon: its decay and the positions of its numerator and denominator
+        self._horizons = tuple((d, 2 + 2 * i, 3 + 2 * i) for i, d in enumerate(self.short_decays))
         self.learn_guard = learn_guard
         self.z_mid = z_mid
         self.z_scale = z_scale
         self.level_var_floor = level_var_floor
-        p = dict(DEFAULT_PRIORS)
-        p.update(priors or {})
-        # Rates: [decayed numerator, decayed denominator, then per short horizon the decayed
-        # numerator and denominator]. The long sums start at the cohort prior, worth
-        # ``prior_weight`` typical windows of PRIOR_DENOMINATORS volume, and at least
-        # PRIOR_EVENTS expected events.
-        self._rates = {}
-        for name, (_num, den_name) in RATES.items():
-            den = max(prior_weight * PRIOR_DENOMINATORS[den_name], PRIOR_EVENTS / p[name])
-            self._rates[name] = [p[name] * den, den] + [0.0, 0.0] * len(self.short_decays)
-        # Levels: EW mean and variance of log1p(value), with a weight.
-        self._levels = {
-            name: [math.log1p(p[name]), 0.25, prior_weight * alpha] for name in LEVELS
-        }
+        rates, levels = _prior_sums(alpha, prior_weight, tuple(sorted((priors or {}).items())),
+                                    len(self.short_decays))
+        self._rates = {name: list(sums) for name, sums in rates}
+        self._levels = {name: list(sums) for name, sums in levels}
         # Drift: per CUSUM rate [statistic, events and exposure since it last left zero]; and the
         # typical impressions per window (EW, weight ``alpha``).
         self._cusum = {name: [0.0, 0.0, 0.0] for name in CUSUM_RATIOS}
@@ -296,42 +312,41 @@ class RobustBaseline(AnomalyDetector):
         sqrt = math.sqrt
         counts = window_counts(x)
         rates, cusum = self._rates, self._cusum
-        horizons = tuple(enumerate(self.short_decays))
+        horizons = self._horizons
         warm = self._seen >= DRIFT_WARMUP
         rows: list[tuple] = []
         guards: list[tuple[float | None, tuple[float, float, float] | None]] = []
-        for name, (num_name, den_name) in RATES.items():
+        for name, num_name, den_name in RATE_FIELDS:
             s = rates[name]
             k, den = counts[num_name], counts[den_name]
             base_rate = s[0] / s[1] if s[1] > 0 else 0.0
-            # the strongest of the window's and the short horizons' deviations; "best" keeps
-            # the first of equals, as the comparison order below does
-            best = None
+            # The strongest of the window's, the short horizons' and the drift's deviations
+            # (z, from counts bk / bn); on a tie the first stays, as in the order below.
+            z = None
             if den > 0:
                 lam = base_rate * den
-                best = (name, k, den, base_rate,
-                        sqrt(k) + sqrt(k + 1.0) - sqrt(4.0 * lam + 1.0))
-            horizon = None
-            for i, d in horizons:
-                n_s = d * s[3 + 2 * i] + den
+                z, bk, bn = sqrt(k) + sqrt(k + 1.0) - sqrt(4.0 * lam + 1.0), k, den
+            horizon = None  # the strongest short horizon alone: learn_one's guard
+            for d, i_k, i_n in horizons:
+                n_s = d * s[i_n] + den
                 if n_s > 0:
-                    k_s = d * s[2 + 2 * i] + k
+                    k_s = d * s[i_k] + k
                     lam = base_rate * n_s
                     z_s = sqrt(k_s) + sqrt(k_s + 1.0) - sqrt(4.0 * lam + 1.0)
                     if horizon is None or z_s > horizon:
                         horizon = z_s
-                    if best is None or z_s > best[4]:
-                        best = (name, k_s, n_s, base_rate, z_s)
+                    if z is None or z_s > z:
+                        z, bk, bn = z_s, k_s, n_s
             step = None
             if warm and name in cusum:
                 step = self._cusum_step(name, k, den, base_rate)
                 stat, k_c, n_c = step
                 if stat > CUSUM_OFFSET and n_c > 0:
                     z_c = sqrt(2.0 * (stat - CUSUM_OFFSET))
-                    if best is None or z_c > best[4]:
-                        best = (name, k_c, n_c, base_rate, z_c)
-            if best is not None:
-                rows.append(best)
+                    if z is None or z_c > z:
+                        z, bk, bn = z_c, k_c, n_c
+            if z is not None:
+                rows.append((name, bk, bn, base_rate, z))
             guards.append((horizon, step))
         joints: dict[str, list[float]] = {}
         if warm:
@@ -471,13 +486,17 @@ class RobustBaseline(AnomalyDetector):
             c = self._cusum[name] = joints[name]
             if c[0] > JOINT_OFFSET + drift_guard:
                 drifting.update(streams)
-        rates, cusum = self._rates, self._cusum
-        for (name, (num_name, den_name)), (horizon, step) in zip(RATES.items(), guards):
-            den = counts[den_name]
+        rates, cusum, horizons = self._rates, self._cusum, self._horizons
+        for (name, num_name, den_name), (horizon, step) in zip(RATE_FIELDS, guards):
+            s = rates[name]
+            k, den = counts[num_name], counts[den_name]
+            # every window enters the short horizons, also one without a denominator (their
+            # deviation for this window was taken by _evaluate, before this update)
+            for d, i_k, i_n in horizons:
+                s[i_k] = d * s[i_k] + k
+                s[i_n] = d * s[i_n] + den
             if den <= 0:
                 continue
-            k = counts[num_name]
-            s = rates[name]
             # The baseline's memory scales with evidence: about COUNT_MEMORY expected events,
             # and never less than 1/alpha windows. A rare count (0.01 complaints a window) is
             # averaged over days, so one complaint cannot quadruple its own baseline; clicks
@@ -496,14 +515,6 @@ class RobustBaseline(AnomalyDetector):
             w = (0.05 if guarded else 1.0) * vol_w
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
             s[1] = (1.0 - w * rate_a) * s[1] + w * den
-        # the short horizons take every window, also those without a denominator
-        horizons = tuple(enumerate(self.short_decays))
-        for name, (num_name, den_name) in RATES.items():
-            s = rates[name]
-            k, n = counts[num_name], counts[den_name]
-            for i, d in horizons:
-                s[2 + 2 * i] = d * s[2 + 2 * i] + k
-                s[3 + 2 * i] = d * s[3 + 2 * i] + n
         keep = 1.0 - a
         level_state = self._levels
         for name, v in levels:
