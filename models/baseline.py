@@ -322,8 +322,8 @@ class RobustBaseline(AnomalyDetector):
             base_rate = s[0] / s[1] if s[1] > 0 else 0.0
             # The strongest of the window's, the short horizons' and the drift's deviations
             # (z, from counts bk / bn); on a tie the first stays, as in the order below.
-            # (the Freeman-Tukey deviates are freeman_tukey(k, lam) written out: the calls
-            # were a fifth of the model's time)
+            # (the Freeman-Tukey deviates are freeman_tukey(k, lam) written out: up to 33 a
+            # window, and a call costs about half as much again as the arithmetic)
             z = None
             if den > 0:
                 lam = base_rate * den
