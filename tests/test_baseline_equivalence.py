@@ -14,6 +14,8 @@ float exactly).
 The new class keeps the last scored window's intermediate results for ``learn_one``; the tests
 also take the paths where that cache must not be used (a window changed in place after scoring,
 ``state()`` handed out in between, ``learn_one`` without a score).
+
+``duplicates`` pairs the frozen copy with ``models/baseline.py``: intended, it is the old code.
 """
 
 from __future__ import annotations
