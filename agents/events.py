@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from app.eos import ExactlyOnce
-from app.transport import commit_offsets, event_batches
+from app.transport import ack_events, commit_offsets, event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
                                validate_feedback, validate_impression)
@@ -123,8 +123,7 @@ def register_agents(ra: Any) -> None:
             except Exception as exc:  # the next checkpoint commits again (at-least-once)
                 log.warning("offset commit failed: %s", exc)
         if pending:
-            for event in pending:
-                event.message.ack(consumer)
+            ack_events(consumer, pending)  # as event.message.ack(consumer) for each, at once
             pending.clear()
 
     def checkpoint_due() -> bool:

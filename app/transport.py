@@ -60,11 +60,12 @@ import gc
 from typing import Any, AsyncIterator, Callable
 
 import faust
+from mode.utils.futures import notify
 from faust.sensors.monitor import Monitor
 from faust.transport import producer as faust_producer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types.tuples import ConsumerMessage
+from faust.types.tuples import TP, ConsumerMessage, ack_lock
 from faust.types import EventT
 
 #: The versions this module was written and tested against (tests/test_transport.py).
@@ -241,12 +242,14 @@ def _direct_delivery(consumer: Any, conductor: Any) -> Callable[[Any], Any]:
             (channel,) = channels
             event_class = getattr(channel.decode, "raw_event_class", None)
             if event_class is not None:
-                def pressure_high(tp: Any = tp) -> None:
-                    on_topic_buffer_full(tp)
-                    consumer.on_buffer_full(tp)
+                key = TP(tp.topic, tp.partition)  # Faust's TP: records carry aiokafka's
 
-                def pressure_drop(tp: Any = tp) -> None:
-                    consumer.on_buffer_drop(tp)
+                def pressure_high() -> None:
+                    on_topic_buffer_full(key)
+                    consumer.on_buffer_full(key)
+
+                def pressure_drop() -> None:
+                    consumer.on_buffer_drop(key)
 
                 delivery = (channel.queue, event_class, pressure_high, pressure_drop)
         cache[tp] = (callback, delivery)
@@ -376,9 +379,7 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
     """
     channel = aiter(stream.channel)  # registers the iterator's queue with the Conductor
     queue = channel.queue
-    get_nowait = queue.get_nowait
     empty = queue.empty
-    errors = queue._errors
     consumer = app.consumer
     add_unacked: Callable[[Any], None] = consumer.unacked.add
     acking_topics = app.topics.acking_topics
@@ -386,32 +387,98 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
     wait_for = asyncio.wait_for
     while not stream.should_stop:
         batch: list[EventT] = []
+        items = []
         if empty():
             try:
-                item = await wait_for(queue.get(), idle_s)
+                items.append(await wait_for(queue.get(), idle_s))
             except asyncio.TimeoutError:
                 yield batch
                 continue
             except StopAsyncIteration:  # the channel was closed (the agent is stopping)
                 return
-        else:
-            item = get_nowait()
-        while True:
+        items += take_queued(queue, max_events - len(items))
+        generation_id = app.consumer_generation_id
+        active = flow_active()
+        for item in items:
             if isinstance(item, EventT):
                 message = item.message
-                if not flow_active() or message.generation_id != app.consumer_generation_id:
+                if not active or message.generation_id != generation_id:
                     pass  # dropped unacknowledged: it is fetched again (see the docstring)
                 else:
                     if message.topic in acking_topics and not message.tracked:
                         message.tracked = True
                         add_unacked(message)
                     batch.append(item)
-            if errors:
-                raise errors.popleft()
-            if len(batch) >= max_events or empty():
-                break
-            item = get_nowait()
         yield batch
+
+
+def take_queued(queue: Any, n: int) -> list[Any]:
+    """What up to ``n`` calls of ``queue.get_nowait()`` return, taken at once (mode 0.7.1's
+    ``ThrowableQueue`` over CPython's ``asyncio.Queue``): a pending error is raised first, the
+    queue's pressure-drop check runs once (as the first ``get_nowait`` would; the next take,
+    or ``get()`` on the empty queue, runs the rest), and a blocked putter is woken per item."""
+    if queue._errors:
+        raise queue._errors.popleft()
+    queue.maybe_endorse_pressure_drop()
+    queued = queue._queue
+    if len(queued) <= n:
+        items = list(queued)
+        queued.clear()
+    else:
+        items = [queued.popleft() for _ in range(n)]
+    putters = queue._putters
+    if putters:
+        for _ in items:
+            queue._wakeup_next(putters)
+    return items
+
+
+def ack_events(consumer: Any, events: list[EventT]) -> int:
+    """Acknowledge ``events`` as ``event.message.ack(consumer)`` does for each (faust 0.15.3:
+    ``Message.ack`` -> ``ConsumerMessage.on_final_ack`` -> ``Consumer.ack``), in one pass: the
+    shared ack lock taken once instead of three times per message, and the consumer's
+    per-partition bookkeeping (acked offsets, unacked set) updated once per partition. Same
+    outcome per message: its reference count drops by one; at zero it is marked acked, and if
+    its topic is acknowledged and its offset not below the committed one nor acked already, it
+    leaves the unacked set and its offset is recorded for Faust's commit. Returns the number of
+    offsets recorded."""
+    by_tp: dict[Any, list[Any]] = {}
+    with ack_lock:
+        committed = consumer._committed_offset
+        acking_topics = consumer.app.topics.acking_topics
+        for event in events:
+            message = event.message
+            if message.acked:
+                continue
+            refcount = message.refcount = max(message.refcount - 1, 0)
+            if refcount:
+                continue
+            message.acked = True
+            if message.topic in acking_topics:
+                tp = message.tp
+                floor = committed[tp]
+                if floor is None or message.offset >= floor:
+                    if tp in by_tp:
+                        by_tp[tp].append(message)
+                    else:
+                        by_tp[tp] = [message]
+        recorded = 0
+        discard = consumer._unacked_messages.discard
+        for tp, messages in by_tp.items():
+            index = consumer._acked_index[tp]
+            append = consumer._acked[tp].append
+            before = len(index)
+            for message in messages:
+                offset = message.offset
+                if offset not in index:
+                    index.add(offset)
+                    append(offset)
+                    discard(message)
+            recorded += len(index) - before
+        consumer._n_acked += recorded
+        if by_tp:
+            notify(consumer._waiting_for_ack)
+    return recorded
 
 
 async def commit_offsets(consumer: Any, offsets: dict[Any, int]) -> bool:
