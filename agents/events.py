@@ -55,13 +55,21 @@ def register_agents(ra: Any) -> None:
                  "score": topics["scores"]}
     eos = ExactlyOnce(ra) if settings.processing_guarantee == "exactly_once" else None
 
+    topic_names: dict[Any, str] = {}
+
     async def send(topic: Any, partition: int, key: bytes | None, value: bytes) -> None:
         """at_least_once: produce now; exactly_once: held for the partition's transaction at
         the next checkpoint (app/eos.py)."""
+        name = topic_names.get(topic)
+        if name is None:
+            name = topic_names[topic] = topic.get_topic_name()
         if eos is None:
-            await topic.send(key=key, value=value)
+            # Straight to the producer, as ``topic.send`` ends up doing for raw bytes (the
+            # partition from the key; delivered before the checkpoint acks, by its flush),
+            # without Faust's per-message FutureMessage, codec and sensor steps.
+            await app.producer.send(name, key, value, None, None, None)
         else:
-            eos.add(partition, topic.get_topic_name(), key, value)
+            eos.add(partition, name, key, value)
 
     async def emit(outputs: list) -> None:
         now = time.time()

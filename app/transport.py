@@ -74,6 +74,7 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "
 SCHEME = "riskstream"
 FETCH_MAX_WAIT_MS = 100
 GC_GEN0_THRESHOLD = 50_000
+MISSING = object()
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -116,6 +117,15 @@ class Consumer(faust_aiokafka.Consumer):
         highwater = self.highwater
         track_tp_end_offset = app.monitor.track_tp_end_offset
         deliver_to = _direct_delivery(self, conductor)
+        targets: dict[Any, Any] = {}  # tp -> deliver_to(tp), valid until the next await
+
+        def deliverable() -> bool:
+            # Nothing the direct delivery or a non-blocking callback waits for can change
+            # until this loop awaits: checked after every await, not per message.
+            targets.clear()
+            return (app_flow_active() and not flow_suspended() and not index_lock.locked()
+                    and buffer.size <= buffer.max_messages)
+
         sleep = asyncio.sleep
         flag = CONSUMER_FETCHING
         yield_every = 100
@@ -141,9 +151,7 @@ class Consumer(faust_aiokafka.Consumer):
                         records = {}
                     for tp in records:  # -- change (2)
                         track_tp_end_offset(tp, highwater(tp))
-                    # nothing below blocks until an await: re-checked after each one
-                    can_deliver = (app_flow_active() and not flow_suspended()
-                                   and buffer.size <= buffer.max_messages)
+                    can_deliver = deliverable()
                     for tp, record in iterate(records):
                         if not self.flow_active:
                             break
@@ -167,19 +175,19 @@ class Consumer(faust_aiokafka.Consumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
-                            can_deliver = (app_flow_active() and not flow_suspended()
-                                           and buffer.size <= buffer.max_messages)
+                            can_deliver = deliverable()
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
-                                can_deliver = (app_flow_active() and not flow_suspended()
-                                               and buffer.size <= buffer.max_messages)
+                                can_deliver = deliverable()
                             # -- change (1) ---------------------------------------------------
-                            if can_deliver and not index_lock.locked():
-                                to = deliver_to(tp)
+                            if can_deliver:
+                                to = targets.get(tp, MISSING)
+                                if to is MISSING:
+                                    to = targets[tp] = deliver_to(tp)
                                 if to is not None and not to[0].full():
                                     queue, event_class, pressure_high, pressure_drop = to
                                     message.refcount = 1  # Message.incref: one channel
@@ -196,8 +204,7 @@ class Consumer(faust_aiokafka.Consumer):
                                     continue
                             await self.wait_first(callback(message),
                                                   self.suspend_flow.wait())
-                            can_deliver = (app_flow_active() and not flow_suspended()
-                                           and buffer.size <= buffer.max_messages)
+                            can_deliver = deliverable()
                             # -----------------------------------------------------------------
                             set_read_offset(tp, offset)
                     unset_flag(flag)
