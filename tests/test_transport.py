@@ -119,6 +119,20 @@ def test_faust_internals_the_transport_uses_exist():
     from faust.transport.conductor import Conductor
     from faust.transport.producer import ProducerBuffer
     assert "_tp_index" in Conductor.__annotations__ and hasattr(ProducerBuffer, "max_messages")
+    # agents/store.py: changelog records as aiokafka batches, through Faust's aiokafka producer
+    from aiokafka import AIOKafkaProducer
+    from faust.transport.drivers.aiokafka import Producer as FaustAioProducer
+    assert hasattr(FaustAioProducer, "_ensure_producer")
+    assert {"batch", "topic", "partition"} <= set(
+        inspect.signature(AIOKafkaProducer.send_batch).parameters)
+    assert hasattr(AIOKafkaProducer, "create_batch")
+    # app.transport.take_queued and the direct delivery: asyncio.Queue / mode queue internals
+    assert "self._putters" in inspect.getsource(asyncio.Queue.__init__) or hasattr(
+        asyncio.Queue, "_wakeup_next")
+    assert hasattr(asyncio.Queue, "_wakeup_next") and hasattr(ThrowableQueue,
+                                                              "maybe_endorse_pressure_drop")
+    assert "_tp_to_callback" in Conductor.__annotations__
+    assert "_tp_to_callback_lock" in Conductor.__annotations__
     from faust.stores.memory import Store
     source = inspect.getsource(Store.__post_init__)  # agents/store.py writes both
     assert "self.data:" in source and "self._key_partition:" in source
