@@ -172,6 +172,10 @@ def register_agents(ra: Any) -> None:
             consumed: dict[str, int] = {}
             replayed = 0
             seek_to: dict[Any, int] = {}
+            # per event below: bound once per batch (the loop is the worker's hot path)
+            next_offset, note_offset = engine.next_offset, engine.note_offset
+            applied, process = engine.applied_to_advertiser, engine.process
+            add_pending = pending.append
             for event in batch:
                 msg = event.message
                 tp = msg.tp
@@ -179,7 +183,7 @@ def register_agents(ra: Any) -> None:
                     untrack(msg)  # revoked mid-batch: not acknowledged, the new owner reads it
                     continue
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
-                expected = engine.next_offset(partition, topic)
+                expected = next_offset(partition, topic)
                 if offset > expected >= 0:
                     seen = refetch.get(tp)
                     if seen is None or offset > seen:  # a gap, or the run fetched behind it
@@ -198,13 +202,13 @@ def register_agents(ra: Any) -> None:
                                 "transaction markers)", expected, offset - 1, topic, partition)
                 elif refetch:
                     refetch.pop(tp, None)  # the re-fetch arrived
-                pending.append(event)
+                add_pending(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
                 if offset < expected:
                     replayed += 1  # already in the restored state: do not count it twice
                     continue
-                engine.note_offset(partition, topic, offset + 1)
+                note_offset(partition, topic, offset + 1)
                 source, validate = source_of[topic]
                 raw = event.value if event.value is not None else b""
                 try:
@@ -213,8 +217,7 @@ def register_agents(ra: Any) -> None:
                     consumed[topic] = consumed.get(topic, 0) + 1
                     await dead_letter(msg, raw, exc, now_ms)
                     continue
-                if engine.applied_to_advertiser(partition, ev["advertiser_id"], topic,
-                                                offset):
+                if applied(partition, ev["advertiser_id"], topic, offset):
                     replayed += 1
                     continue
                 consumed[topic] = consumed.get(topic, 0) + 1
@@ -224,7 +227,7 @@ def register_agents(ra: Any) -> None:
                     record_decision(ev)
                     continue
                 try:
-                    outputs = engine.process(ev, partition, caught_up=False, position=where)
+                    outputs = process(ev, partition, caught_up=False, position=where)
                 except InvalidEvent as exc:  # late_event
                     await dead_letter(msg, raw, exc, now_ms)
                     continue

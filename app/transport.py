@@ -30,6 +30,12 @@ aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test
    revocation (seen as a stalled partition in tests/test_transport.py). Commits come from
    Faust's commit timer (``broker_commit_interval``), rebalances and shutdown. Everything
    else -- gap tracking, read offsets, stop and cancel handling -- is Faust's code.
+   Since session 4 the loop also inlines ``Consumer.getmany`` (no async-generator step per
+   record) and puts a message whose partition feeds exactly one :class:`RawSchema` channel
+   straight on that channel's queue (:func:`_direct_delivery`: the Event the callback would
+   build, the same pressure callbacks), skipping the Conductor callback's coroutine, lock,
+   flow/ebb awaits and decode; whether that can block is checked after every await of the
+   loop rather than per message (nothing it depends on changes in between).
 2. ``fetch_max_wait_ms`` is :data:`FETCH_MAX_WAIT_MS` instead of the 1,500 ms Faust hard-codes:
    aiokafka keeps one fetch in flight per broker, and a long-poll that only covers idle
    partitions (changelogs, caught-up inputs) otherwise stalls partitions that have data.
@@ -38,7 +44,8 @@ aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test
    Prometheus metrics of ``app.metrics``); the per-message hooks are no-ops.
 
 And the agents read their input with :func:`event_batches` instead of ``Stream.noack_take``,
-which runs every event through the stream's iterator, a processor and a passive drainer task.
+which runs every event through the stream's iterator, a processor and a passive drainer task;
+it takes whatever is queued at once (:func:`take_queued`).
 
 Delivery: messages are still tracked as unacked, acknowledged by the agent only after its
 checkpoint, and committed by Faust's own commit path; messages of an older consumer generation

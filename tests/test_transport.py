@@ -39,6 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FINGERPRINTS = {
     # copied into Consumer._drain_messages (the only change: no wait_first while the flow runs)
     ("faust.transport.consumer", "Consumer._drain_messages"): "44a2500309e83c63",
+    # inlined into Consumer._drain_messages (session 4), with the message it builds per record
+    ("faust.transport.consumer", "Consumer.getmany"): "4b168d84882a70d6",
+    ("faust.transport.drivers.aiokafka", "Consumer._to_message"): "7c24f6511b2fcef7",
+    # take_queued does what repeated get_nowait calls do, at once
+    ("mode.utils.queues", "ThrowableQueue.get_nowait"): "d42b1be9219a0e6e",
+    ("mode.utils.queues", "FlowControlQueue.get_nowait"): "57cb9b5c12e7ebd9",
     # event_batches mirrors its per-event delivery bookkeeping (tracking, stale generations)
     ("faust.streams", "Stream._py_aiter"): "3a48ee257a65435b",
     # ConsumerThread overrides the fetch_max_wait_ms it passes to aiokafka
