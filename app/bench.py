@@ -1213,20 +1213,25 @@ def alternate_trees(rev: str | None, rounds: int, measure: Callable[[Path], dict
     return result
 
 
-def _backtest_main(argv: list[str]) -> int:
+def _against_parser(what: str, description: str, events: int) -> argparse.ArgumentParser:
+    """The options ``python -m app.bench backtest|worker`` share."""
     quick = PROFILES["quick"]
-    p = argparse.ArgumentParser(
-        prog="python -m app.bench backtest",
-        description="only the backtest figure (no broker); with --against REV, also that git "
-                    "revision's, alternating, and the ratios")
-    p.add_argument("--events", type=int, default=quick.backtest_events)
+    p = argparse.ArgumentParser(prog=f"python -m app.bench {what}", description=description)
+    p.add_argument("--events", type=int, default=events)
     p.add_argument("--advertisers", type=int, default=quick.advertisers)
     p.add_argument("--base-rate", type=float, default=quick.base_rate)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--against", metavar="REV", help="git revision to compare with")
+    p.add_argument("--json", dest="json_path")
+    return p
+
+
+def _backtest_main(argv: list[str]) -> int:
+    p = _against_parser("backtest", "only the backtest figure (no broker); with --against REV, "
+                        "also that git revision's, alternating, and the ratios",
+                        PROFILES["quick"].backtest_events)
     p.add_argument("--sparse", type=int, default=0, metavar="ADVERTISERS",
                    help="instead: the sparse-advertiser replay, 3 events (3 windows) each")
-    p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     res = backtest_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds,
                            a.sparse)
@@ -1291,20 +1296,12 @@ def worker_against(rev: str | None, n: int, advertisers: int, base_rate: float, 
 
 
 def _worker_main(argv: list[str]) -> int:
-    quick = PROFILES["quick"]
-    p = argparse.ArgumentParser(
-        prog="python -m app.bench worker",
-        description="only the worker figure over one pre-produced topic set; with --against "
-                    "REV, also that git revision's worker, alternating, and the ratios")
-    p.add_argument("--events", type=int, default=quick.events)
-    p.add_argument("--advertisers", type=int, default=quick.advertisers)
-    p.add_argument("--base-rate", type=float, default=quick.base_rate)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--against", metavar="REV", help="git revision to compare with")
+    p = _against_parser("worker", "only the worker figure over one pre-produced topic set; "
+                        "with --against REV, also that git revision's worker, alternating, "
+                        "and the ratios", PROFILES["quick"].events)
     p.add_argument("--bootstrap", help="a running broker (default: start Apache Kafka)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a worker setting for every run (repeatable)")
-    p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     env = dict(kv.split("=", 1) for kv in a.env)
     res = worker_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds,
