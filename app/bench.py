@@ -1255,8 +1255,8 @@ def _print_against(res: dict[str, Any], json_path: str | None) -> None:
 
 
 def worker_against(rev: str | None, n: int, advertisers: int, base_rate: float, rounds: int,
-                   bootstrap: str | None = None, worker_env: dict[str, str] | None = None
-                   ) -> dict[str, Any]:
+                   bootstrap: str | None = None, worker_env: dict[str, str] | None = None,
+                   broker_kind: str = "apache") -> dict[str, Any]:
     """The worker figure (:func:`worker_throughput`) of this tree, and with ``rev`` of that git
     revision's code (``PYTHONPATH`` to a ``git archive``), alternating round by round over ONE
     pre-produced topic set, each run a fresh worker (new app id: reads it all from the start).
@@ -1279,6 +1279,7 @@ def worker_against(rev: str | None, n: int, advertisers: int, base_rate: float, 
 
         def measure(tree: Path) -> dict[str, Any]:
             fig, w = worker_throughput(procs, bootstrap, prefix, count, workdir / "worker",
+                                       broker_kind=broker_kind,
                                        worker_env={"PYTHONPATH": str(tree),
                                                    **(worker_env or {})})
             procs.stop(w.proc)
