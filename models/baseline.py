@@ -59,7 +59,13 @@ RATES: dict[str, tuple[str, str]] = {
     "harm_rate": ("harm", "impressions"),
     "low_rating_share": ("low_ratings", "satisfaction_responses"),
     "deception_rate": ("deception", "impressions"),
+    # v6: evidence only (EVIDENCE_ONLY), for the cloaking drift below
+    "cvr": ("conversions", "clicks"),
 }
+# Rates that are no deviation of their own, only evidence in a joint drift: a cloaked page
+# converts 2-4x better, which is no harm by itself (a good landing page does too), but next to
+# deception signals and low ratings it says the page is what changed.
+EVIDENCE_ONLY: frozenset[str] = frozenset({"cvr"})
 # level feature -> (risk direction, evidence feature whose size shrinks the deviation)
 LEVELS: dict[str, tuple[int, str]] = {
     "mean_dwell_ms": (-1, "clicks"),
@@ -85,8 +91,15 @@ DRIFT_WARMUP = 60
 # than either alone. Drift name (its key in the state) -> {rate: rho}. It is scored only once its
 # streams hold JOINT_MIN_EVENTS events, and is explained by the stream that brought most of its
 # evidence. (Offset chosen on development seeds 5001-5012: docs/detection.md.)
-JOINT_DRIFTS: dict[str, dict[str, float]] = {"hide_report": {"hide_rate": 4.0, "report_rate": 10.0}}
-JOINT_OFFSET = 2.0
+#
+# v6: a second one for cloaked landing pages: deception signals (x10), low ratings (x8) and
+# conversions (x2.5, evidence only: it adds to the statistic but never counts toward
+# JOINT_MIN_EVENTS nor explains the alert). Offset 2 -> 2.5 with two drifts (docs/detection.md).
+JOINT_DRIFTS: dict[str, dict[str, float]] = {
+    "hide_report": {"hide_rate": 4.0, "report_rate": 10.0},
+    "cloak": {"deception_rate": 10.0, "low_rating_share": 8.0, "cvr": 2.5},
+}
+JOINT_OFFSET = 2.5
 JOINT_MIN_EVENTS = 2.0
 # A window serving more than VOLUME_CAP x the advertiser's typical impressions learns with
 # proportionally less weight: rates are sums of counts, so otherwise one bot burst at 10x volume
@@ -105,6 +118,7 @@ DEFAULT_PRIORS: dict[str, float] = {
     "harm_rate": 5e-4,
     "low_rating_share": 0.15,
     "deception_rate": 6e-5,
+    "cvr": 0.05,
     "mean_dwell_ms": 20000.0,
     "median_click_delay_ms": 3000.0,
     "impressions_per_user": 1.1,
@@ -145,6 +159,7 @@ def derived_counts(x: dict[str, float]) -> dict[str, float]:
         "low_ratings": x.get("low_rating_share", 0.0) * ratings,
         "satisfaction_responses": ratings,
         "deception": x.get("deception_signals", 0.0),
+        "conversions": x.get("conversions", 0.0),
     }
 
 
@@ -295,9 +310,10 @@ class RobustBaseline(AnomalyDetector):
     def _joint_deviation(self, name: str, counts: dict[str, float]) -> Contribution | None:
         c = self._joint_step(name, counts)
         streams = list(JOINT_DRIFTS[name].items())
-        if c[0] <= JOINT_OFFSET or sum(c[1::2]) < JOINT_MIN_EVENTS:
+        harm = [j for j, (rate, _rho) in enumerate(streams) if rate not in EVIDENCE_ONLY]
+        if c[0] <= JOINT_OFFSET or sum(c[1 + 2 * j] for j in harm) < JOINT_MIN_EVENTS:
             return None
-        i = max(range(len(streams)), key=lambda j: c[1 + 2 * j] * math.log(streams[j][1]))
+        i = max(harm, key=lambda j: c[1 + 2 * j] * math.log(streams[j][1]))
         rate, k_c, n_c = streams[i][0], c[1 + 2 * i], c[2 + 2 * i]
         if n_c <= 0:
             return None
@@ -308,6 +324,8 @@ class RobustBaseline(AnomalyDetector):
         counts = {k: _finite(v) for k, v in derived_counts(x).items()}
         out: list[Contribution] = []
         for name, (num_name, den_name) in RATES.items():
+            if name in EVIDENCE_ONLY:
+                continue
             c = self._rate_deviation(name, max(counts[num_name], 0.0), max(counts[den_name], 0.0))
             if c is not None:
                 out.append(c)

@@ -1,5 +1,6 @@
-"""robust-baseline v4 and v5: the drift detector (one-sided Poisson CUSUM; v5 adds a joint drift
-of hides and reports for scam ads), deception signals and the cohort prior's event floor. Unit
+"""robust-baseline v4 to v6: the drift detector (one-sided Poisson CUSUM; v5 adds a joint drift
+of hides and reports for scam ads, v6 one of deception signals, low ratings and conversions for
+cloaked pages), deception signals and the cohort prior's event floor. Unit
 tests on plain feature dicts (fast, no broker)."""
 
 from __future__ import annotations
@@ -272,3 +273,76 @@ def test_joint_drift_state_round_trips() -> None:
     assert m2.score_one(SCAM_AD[0]) == m.score_one(SCAM_AD[0])
     m.observe_flagged(SCAM_AD[0])
     assert "hide_report" not in m.state()["cusum"]  # a flagged window restarts it
+
+
+# -- v6: the joint cloaking drift (deception signals, low ratings, conversions as evidence) -----
+
+
+def cloak_window(deception: float = 0.004, conversions: float = 0.05, ratings: float = 0.1,
+                 low: float = 0.015) -> dict[str, float]:
+    """An average window at 60 impressions and 1 click a minute (fractional counts): deception
+    signals, conversions and satisfaction ratings (``low`` of them 1-2 stars)."""
+    return {"impressions": 60.0, "clicks": 1.0, "ctr": 1.0 / 60.0,
+            "conversions": conversions, "cvr": conversions,
+            "deception_signals": deception, "deception_rate": deception / 60.0,
+            "satisfaction_responses": ratings, "low_rating_share": low / ratings if ratings else 0.0}
+
+
+def trained_cloak(windows: int = 120) -> RobustBaseline:
+    m = RobustBaseline()
+    for _ in range(windows):
+        m.learn_one(cloak_window())
+    return m
+
+
+# a cloaked page: 3x conversions, deception signals at ~x40 (reports of clickers, then
+# complaints), a few 1-2 star ratings; each well under one event a window
+CLOAKING = [cloak_window(deception=0.15, conversions=0.15, ratings=0.2, low=0.1)] * 40
+
+
+def test_cloaked_page_signals_add_up(monkeypatch) -> None:
+    """Deception signals, low ratings and the rise in conversions are evidence together sooner
+    than the deception drift alone (v5: no cloaking drift)."""
+    import models.baseline as baseline
+
+    risks = run(trained_cloak(), CLOAKING)
+    first = next(i for i, r in enumerate(risks) if r >= THRESHOLD)
+    monkeypatch.setattr(baseline, "JOINT_DRIFTS",
+                        {k: v for k, v in baseline.JOINT_DRIFTS.items() if k != "cloak"})
+    risks = run(trained_cloak(), CLOAKING)
+    assert all(r < THRESHOLD for r in risks[:first + 1])
+
+
+def test_more_conversions_alone_never_alert() -> None:
+    """cvr is evidence only: a landing page that converts 4x better, with nothing else wrong,
+    is good news, and four hours of it raise no alert."""
+    m = trained_cloak()
+    assert max(run(m, [cloak_window(conversions=0.2)] * 240)) < THRESHOLD
+    assert all(c.feature != "cvr" for c in m.deviations(cloak_window(conversions=2.0)))
+
+
+def test_cloak_drift_is_explained_by_a_harm_stream() -> None:
+    m = trained_cloak()
+    for x in CLOAKING:
+        if m.score_one(x) >= THRESHOLD:
+            top = m.explain(x)[0]
+            assert top.feature in ("deception_rate", "low_rating_share"), top
+            return
+        m.learn_one(x)
+    raise AssertionError("the cloaked page never crossed the threshold")
+
+
+def test_conversions_do_not_count_toward_the_joint_minimum(monkeypatch) -> None:
+    """Conversions add to the statistic only next to harm: with one deception signal (fewer
+    than JOINT_MIN_EVENTS harm events) and many conversions the cloak drift is not scored, even
+    above its offset."""
+    import models.baseline as baseline
+
+    monkeypatch.setattr(baseline, "JOINT_OFFSET", 0.5)
+    m = trained_cloak()
+    x = cloak_window(deception=1.0, conversions=3.0)
+    counts = baseline.derived_counts(x)
+    assert m._joint_step("cloak", counts)[0] > 0.5
+    assert m._joint_deviation("cloak", counts) is None
+    assert m._joint_deviation("cloak", baseline.derived_counts(
+        cloak_window(deception=2.0, conversions=3.0))) is not None
