@@ -105,6 +105,11 @@ JOINT_MIN_EVENTS = 2.0
 # proportionally less weight: rates are sums of counts, so otherwise one bot burst at 10x volume
 # (CTR x0.3) rewrites an hour of CTR history in minutes, and normal CTR afterwards reads as a drift.
 VOLUME_CAP = 2.0
+# v6: a level whose window already deviates by more than ``learn_guard`` (in the risky direction)
+# learns with weight 0.05, as a guarded rate does. Without it a bot burst at 40 impressions a
+# minute (4 impressions per user for 20 minutes, where 1.0 was the rule) taught its own level
+# and inflated its variance within a few sub-threshold windows, and was missed.
+LEVEL_GUARD = True
 # Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
 DEFAULT_PRIORS: dict[str, float] = {
     "ctr": 0.02,
@@ -430,8 +435,7 @@ class RobustBaseline(AnomalyDetector):
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
             s[1] = (1.0 - w * rate_a) * s[1] + w * den
         self._accumulate_short(counts)
-        keep = 1.0 - a
-        for name, (_direction, evidence_name) in LEVELS.items():
+        for name, (direction, evidence_name) in LEVELS.items():
             n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
             if n <= 0 or name not in x:
                 continue
@@ -439,10 +443,14 @@ class RobustBaseline(AnomalyDetector):
             s = self._levels[name]
             mean, var, w = s
             diff = v - mean
-            incr = a * diff
+            la = a  # the deviation as deviations() computes it
+            if LEVEL_GUARD and (direction * diff / math.sqrt(var + self.level_var_floor)
+                                * math.sqrt(n / (n + 5.0))) > self.learn_guard:
+                la = 0.05 * a
+            incr = la * diff
             s[0] = mean + incr
-            s[1] = keep * (var + diff * incr)
-            s[2] = keep * w + a
+            s[1] = (1.0 - la) * (var + diff * incr)
+            s[2] = (1.0 - la) * w + la
         self._seen += 1
 
     # -- state ----------------------------------------------------------------------------

@@ -223,16 +223,19 @@ def test_scam_ad_hides_and_reports_add_up(monkeypatch) -> None:
     assert all(r < THRESHOLD for r in risks[:first + 1])
 
 
-def test_scam_drift_is_explained_by_a_stream_above_its_baseline() -> None:
-    m = trained_feedback()
-    for x in SCAM_AD:
+def top_reason_when_flagged(m: RobustBaseline, xs: list[dict[str, float]]):
+    """The first reason of the first window that crosses the threshold (learning until then)."""
+    for x in xs:
         if m.score_one(x) >= THRESHOLD:
-            top = m.explain(x)[0]
-            assert top.feature in ("hide_rate", "report_rate"), top
-            assert top.value > 5 * top.baseline
-            return
+            return m.explain(x)[0]
         m.learn_one(x)
-    raise AssertionError("the scam ad never crossed the threshold")
+    raise AssertionError("never crossed the threshold")
+
+
+def test_scam_drift_is_explained_by_a_stream_above_its_baseline() -> None:
+    top = top_reason_when_flagged(trained_feedback(), SCAM_AD)
+    assert top.feature in ("hide_rate", "report_rate"), top
+    assert top.value > 5 * top.baseline
 
 
 def test_steady_hides_and_reports_never_drift() -> None:
@@ -322,14 +325,8 @@ def test_more_conversions_alone_never_alert() -> None:
 
 
 def test_cloak_drift_is_explained_by_a_harm_stream() -> None:
-    m = trained_cloak()
-    for x in CLOAKING:
-        if m.score_one(x) >= THRESHOLD:
-            top = m.explain(x)[0]
-            assert top.feature in ("deception_rate", "low_rating_share"), top
-            return
-        m.learn_one(x)
-    raise AssertionError("the cloaked page never crossed the threshold")
+    top = top_reason_when_flagged(trained_cloak(), CLOAKING)
+    assert top.feature in ("deception_rate", "low_rating_share"), top
 
 
 def test_conversions_do_not_count_toward_the_joint_minimum(monkeypatch) -> None:
@@ -346,3 +343,48 @@ def test_conversions_do_not_count_toward_the_joint_minimum(monkeypatch) -> None:
     assert m._joint_deviation("cloak", counts) is None
     assert m._joint_deviation("cloak", baseline.derived_counts(
         cloak_window(deception=2.0, conversions=3.0))) is not None
+
+
+# -- v6: levels do not learn what they already find anomalous ----------------------------------
+
+
+def user_window(imps: float, per_user: float) -> dict[str, float]:
+    return {"impressions": imps, "clicks": 0.0, "ctr": 0.0, "impressions_per_user": per_user}
+
+
+def per_user_deviations(windows: int = 20) -> list[float]:
+    """A bot burst seen by the impressions-per-user level: 40 impressions a minute at 1.0 per
+    user, then 300 a minute at 4 per user, learned (each window below the alert threshold)."""
+    m = RobustBaseline()
+    for _ in range(150):
+        m.learn_one(user_window(40.0, 1.0))
+    out = []
+    for _ in range(windows):
+        x = user_window(300.0, 4.0)
+        out.append(next(c.deviation for c in m.deviations(x)
+                        if c.feature == "impressions_per_user"))
+        m.learn_one(x)
+    return out
+
+
+def test_level_guard_keeps_a_burst_from_becoming_its_own_baseline(monkeypatch) -> None:
+    import models.baseline as baseline
+
+    guarded = per_user_deviations()
+    assert guarded[0] > 3.5 and guarded[-1] > 0.85 * guarded[0]
+    monkeypatch.setattr(baseline, "LEVEL_GUARD", False)
+    unguarded = per_user_deviations()
+    assert unguarded[0] == guarded[0]
+    assert unguarded[-1] < 0.5 * unguarded[0]  # v5: the level learned the burst within minutes
+
+
+def test_level_guard_still_follows_a_lasting_shift() -> None:
+    """A lasting change of level (4 per user for 12 hours) is absorbed, only more slowly."""
+    m = RobustBaseline()
+    for _ in range(150):
+        m.learn_one(user_window(40.0, 1.0))
+    for _ in range(720):
+        m.learn_one(user_window(40.0, 4.0))
+    dev = next(c.deviation for c in m.deviations(user_window(40.0, 4.0))
+               if c.feature == "impressions_per_user")
+    assert dev < 1.0
