@@ -38,6 +38,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 from river.base import AnomalyDetector
@@ -136,6 +137,9 @@ PRIOR_EVENTS = 3.0
 COUNT_MEMORY = 20.0  # expected events a rate baseline remembers
 MIN_ALPHA = 1e-4
 
+# RATES flattened for the per-window loops: (rate, numerator, denominator)
+RATE_FIELDS: tuple[tuple[str, str, str], ...] = tuple((r, n, d) for r, (n, d) in RATES.items())
+
 # Typical denominators of one window, used to size the prior's pseudo-evidence.
 PRIOR_DENOMINATORS: dict[str, float] = {
     "impressions": 100.0,
@@ -203,11 +207,61 @@ def _finite(v: Any) -> float:
     return min(max(f, -1e12), 1e12)
 
 
+def _count(v: Any) -> float:
+    """``max(_finite(v), 0.0)`` in one call: a count or a level, finite and not negative.
+
+    >>> _count(float("nan")), _count(-3.0), _count(float("inf")), _count(2.5)
+    (0.0, 0.0, 1000000000000.0, 2.5)
+    """
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    if f != f or f < 0.0:  # NaN or negative (-0.0 stays -0.0, as max(-0.0, 0.0) keeps it)
+        return 0.0
+    return f if f <= 1e12 else 1e12
+
+
+def window_counts(x: dict[str, float]) -> dict[str, float]:
+    """``derived_counts``, each finite and clamped at zero: done once per window, since scoring,
+    the drift statistics and learning all read the same clamped counts.
+
+    >>> window_counts({"impressions": 50.0, "clicks": -1.0, "reports": float("nan")})["harm"]
+    0.0
+    """
+    return {k: _count(v) for k, v in derived_counts(x).items()}
+
+
+@lru_cache(maxsize=32, typed=True)
+def _prior_sums(alpha: float, prior_weight: float, priors: tuple[tuple[str, float], ...],
+                horizons: int) -> tuple[tuple[tuple[str, tuple[float, ...]], ...], ...]:
+    """A new advertiser's rate and level sums, per model configuration: computed once, copied
+    into every new model (a worker with many advertisers creates thousands a minute)."""
+    p = dict(DEFAULT_PRIORS)
+    p.update(priors)
+    # Rates: (decayed numerator, decayed denominator, then per short horizon the decayed
+    # numerator and denominator). The long sums start at the cohort prior, worth
+    # ``prior_weight`` typical windows of PRIOR_DENOMINATORS volume, and at least
+    # PRIOR_EVENTS expected events.
+    rates = []
+    for name, (_num, den_name) in RATES.items():
+        den = max(prior_weight * PRIOR_DENOMINATORS[den_name], PRIOR_EVENTS / p[name])
+        rates.append((name, (p[name] * den, den) + (0.0, 0.0) * horizons))
+    # Levels: EW mean and variance of log1p(value), with a weight.
+    levels = tuple((name, (math.log1p(p[name]), 0.25, prior_weight * alpha)) for name in LEVELS)
+    return tuple(rates), levels
+
+
 class RobustBaseline(AnomalyDetector):
     """Directional, count-aware per-advertiser baseline over two horizons. State: ~60 floats.
 
     A River anomaly detector (``river.base.AnomalyDetector``: ``learn_one``/``score_one``), so
     River's tooling (``clone``, ``ThresholdFilter``, pipelines) applies to it as to HST.
+
+    Per window the engine calls ``score_one(x)``, maybe ``explain(x)``, then ``learn_one(x)`` or
+    ``observe_flagged(x)`` with the same ``x``. Learning needs the same per-rate deviations and
+    drift steps that scoring computed, so scoring keeps them (``_scored``) for that ``x`` and the
+    current state; every change of state drops them (``_evaluate``).
     """
 
     def __init__(
@@ -225,24 +279,16 @@ class RobustBaseline(AnomalyDetector):
         self.prior_weight = prior_weight
         self.priors = priors
         self.short_decays = tuple(short_decays)
+        # per short horizon: its decay and the positions of its numerator and denominator
+        self._horizons = tuple((d, 2 + 2 * i, 3 + 2 * i) for i, d in enumerate(self.short_decays))
         self.learn_guard = learn_guard
         self.z_mid = z_mid
         self.z_scale = z_scale
         self.level_var_floor = level_var_floor
-        p = dict(DEFAULT_PRIORS)
-        p.update(priors or {})
-        # Rates: [decayed numerator, decayed denominator, then per short horizon the decayed
-        # numerator and denominator]. The long sums start at the cohort prior, worth
-        # ``prior_weight`` typical windows of PRIOR_DENOMINATORS volume, and at least
-        # PRIOR_EVENTS expected events.
-        self._rates = {}
-        for name, (_num, den_name) in RATES.items():
-            den = max(prior_weight * PRIOR_DENOMINATORS[den_name], PRIOR_EVENTS / p[name])
-            self._rates[name] = [p[name] * den, den] + [0.0, 0.0] * len(self.short_decays)
-        # Levels: EW mean and variance of log1p(value), with a weight.
-        self._levels = {
-            name: [math.log1p(p[name]), 0.25, prior_weight * alpha] for name in LEVELS
-        }
+        rates, levels = _prior_sums(alpha, prior_weight, tuple(sorted((priors or {}).items())),
+                                    len(self.short_decays))
+        self._rates = {name: list(sums) for name, sums in rates}
+        self._levels = {name: list(sums) for name, sums in levels}
         # Drift: per CUSUM rate [statistic, events and exposure since it last left zero]; and the
         # typical impressions per window (EW, weight ``alpha``).
         self._cusum = {name: [0.0, 0.0, 0.0] for name in CUSUM_RATIOS}
@@ -251,33 +297,119 @@ class RobustBaseline(AnomalyDetector):
             self._cusum[name] = [0.0] * (1 + 2 * len(streams))
         self._volume = 0.0
         self._seen = 0
+        # (x, a copy of x, _evaluate(x)) of the last scored window; None after any state change
+        self._scored: tuple[dict[str, float], dict[str, float], tuple] | None = None
 
     @property
     def windows_seen(self) -> int:
         return self._seen
 
-    # -- scoring --------------------------------------------------------------------------
-    def _rate_deviation(self, name: str, k: float, den: float,
-                        horizons_only: bool = False) -> Contribution | None:
-        """The strongest of the window's and the short horizons' deviations for one rate."""
-        s = self._rates[name]
-        base_rate = s[0] / s[1] if s[1] > 0 else 0.0
-        best: Contribution | None = None
-        if den > 0 and not horizons_only:
-            best = Contribution(name, k / den, base_rate, freeman_tukey(k, base_rate * den))
-        for i, d in enumerate(self.short_decays):
-            k_s, n_s = d * s[2 + 2 * i] + k, d * s[3 + 2 * i] + den
-            if n_s > 0:
-                z_s = freeman_tukey(k_s, base_rate * n_s)
-                if best is None or z_s > best.deviation:
-                    best = Contribution(name, k_s / n_s, base_rate, z_s)
-        if name in self._cusum and not horizons_only and self._seen >= DRIFT_WARMUP:
-            stat, k_c, n_c = self._cusum_step(name, k, den, base_rate)
-            if stat > CUSUM_OFFSET and n_c > 0:
-                z_c = math.sqrt(2.0 * (stat - CUSUM_OFFSET))
-                if best is None or z_c > best.deviation:
-                    best = Contribution(name, k_c / n_c, base_rate, z_c)
-        return best
+    # -- one window against the current state -----------------------------------------------
+    def _evaluate(self, x: dict[str, float]) -> tuple:
+        """Everything scoring, explaining and learning need of window ``x`` against the current
+        state, as plain tuples (``Contribution`` objects are built only for what ``explain`` or
+        ``deviations`` return). Kept for the ``x`` last scored, so that ``learn_one`` and
+        ``explain`` of the same window do not compute it again: the copy of ``x`` catches a
+        window changed in place, and every method that changes the state (``learn_one``,
+        ``observe_flagged``, ``load_state``) or hands it out (``state``) drops it.
+
+        Returns ``(z, rows, counts, guards, joints, levels)``:
+
+        * ``z``: the combined deviation (top two positive, ``z1 + 0.5 * z2``).
+        * ``rows``: per deviating feature ``(feature, a, b, baseline, deviation)``, in the order
+          ``deviations`` lists them; the value is ``a / b`` for a rate (``b`` a denominator) and
+          ``a`` for a level (``b`` None, ``baseline`` the log-mean, ``expm1`` of it reported).
+        * ``counts``: ``window_counts(x)``.
+        * ``guards``: per rate in RATES order ``(horizon deviation or None, CUSUM step or
+          None)``: the strongest short-horizon deviation (the learning guard) and, once warm,
+          the rate's drift state after this window.
+        * ``joints``: joint drift name -> its state after this window (once warm).
+        * ``levels``: ``(level, log1p(value), deviation)`` for every level this window has
+          evidence for.
+        """
+        sc = self._scored
+        if sc is not None and sc[0] is x and sc[1] == x:
+            return sc[2]
+        sqrt = math.sqrt
+        counts = window_counts(x)
+        rates, cusum = self._rates, self._cusum
+        horizons = self._horizons
+        warm = self._seen >= DRIFT_WARMUP
+        rows: list[tuple] = []
+        guards: list[tuple[float | None, tuple[float, float, float] | None]] = []
+        for name, num_name, den_name in RATE_FIELDS:
+            s = rates[name]
+            k, den = counts[num_name], counts[den_name]
+            base_rate = s[0] / s[1] if s[1] > 0 else 0.0
+            # The strongest of the window's, the short horizons' and the drift's deviations
+            # (z, from counts bk / bn); on a tie the first stays, as in the order below.
+            # (the Freeman-Tukey deviates are freeman_tukey(k, lam) written out: up to 33 a
+            # window, and a call costs about half as much again as the arithmetic)
+            z = None
+            if den > 0:
+                lam = base_rate * den
+                z, bk, bn = sqrt(k) + sqrt(k + 1.0) - sqrt(4.0 * lam + 1.0), k, den
+            horizon = None  # the strongest short horizon alone: learn_one's guard
+            for d, i_k, i_n in horizons:
+                n_s = d * s[i_n] + den
+                if n_s > 0:
+                    k_s = d * s[i_k] + k
+                    lam = base_rate * n_s
+                    z_s = sqrt(k_s) + sqrt(k_s + 1.0) - sqrt(4.0 * lam + 1.0)
+                    if horizon is None or z_s > horizon:
+                        horizon = z_s
+                    if z is None or z_s > z:
+                        z, bk, bn = z_s, k_s, n_s
+            step = None
+            if warm and name in cusum:
+                step = self._cusum_step(name, k, den, base_rate)
+                stat, k_c, n_c = step
+                if stat > CUSUM_OFFSET and n_c > 0:
+                    z_c = sqrt(2.0 * (stat - CUSUM_OFFSET))
+                    if z is None or z_c > z:
+                        z, bk, bn = z_c, k_c, n_c
+            if z is not None and name not in EVIDENCE_ONLY:
+                rows.append((name, bk, bn, base_rate, z))
+            guards.append((horizon, step))
+        joints: dict[str, list[float]] = {}
+        if warm:
+            # a joint drift stands in for its explaining stream's deviation where it is stronger
+            for name in JOINT_DRIFTS:
+                c = joints[name] = self._joint_step(name, counts)
+                d = self._joint_row(name, c)
+                if d is None:
+                    continue
+                at = next((i for i, r in enumerate(rows) if r[0] == d[0]), None)
+                if at is None:
+                    rows.append(d)
+                elif d[4] > rows[at][4]:
+                    rows[at] = d
+        levels: list[tuple[str, float]] = []
+        floor = self.level_var_floor
+        level_state = self._levels
+        for name, (direction, evidence_name) in LEVELS.items():
+            n = counts[evidence_name]
+            if n <= 0 or name not in x:
+                continue
+            value = _count(x[name])
+            v = math.log1p(value)
+            mean, var, _w = level_state[name]
+            z = (v - mean) / sqrt(var + floor)
+            z *= direction * sqrt(n / (n + 5.0))
+            rows.append((name, value, None, mean, z))
+            levels.append((name, v, z))
+        # the top two positive deviations, as sorted(..., reverse=True)[:2] would give them
+        top1 = top2 = 0.0
+        for r in rows:
+            z = r[4]
+            if z > 0:
+                if z > top1:
+                    top1, top2 = z, top1
+                elif z > top2:
+                    top2 = z
+        out = (top1 + 0.5 * top2, rows, counts, guards, joints, levels)
+        self._scored = (x, dict(x), out)
+        return out
 
     def _cusum_step(self, name: str, k: float, den: float,
                     base_rate: float) -> tuple[float, float, float]:
@@ -303,7 +435,7 @@ class RobustBaseline(AnomalyDetector):
         new = [old[0]]
         for i, (rate, rho) in enumerate(JOINT_DRIFTS[name].items()):
             num_name, den_name = RATES[rate]
-            k, den = max(counts[num_name], 0.0), max(counts[den_name], 0.0)
+            k, den = counts[num_name], counts[den_name]
             new[0] += k * math.log(rho) - (rho - 1.0) * self._base_rate(rate) * den
             if old[0] > 0.0:
                 k, den = k + old[1 + 2 * i], den + old[2 + 2 * i]
@@ -312,8 +444,9 @@ class RobustBaseline(AnomalyDetector):
             return [0.0] * len(new)
         return new
 
-    def _joint_deviation(self, name: str, counts: dict[str, float]) -> Contribution | None:
-        c = self._joint_step(name, counts)
+    def _joint_row(self, name: str, c: list[float]) -> tuple | None:
+        """A joint drift's deviation row (as ``_evaluate``'s), explained by the stream that
+        brought most of its evidence; None while it is below its offset or its events."""
         streams = list(JOINT_DRIFTS[name].items())
         harm = [j for j, (rate, _rho) in enumerate(streams) if rate not in EVIDENCE_ONLY]
         if c[0] <= JOINT_OFFSET or sum(c[1 + 2 * j] for j in harm) < JOINT_MIN_EVENTS:
@@ -322,68 +455,34 @@ class RobustBaseline(AnomalyDetector):
         rate, k_c, n_c = streams[i][0], c[1 + 2 * i], c[2 + 2 * i]
         if n_c <= 0:
             return None
-        return Contribution(rate, k_c / n_c, self._base_rate(rate),
-                            math.sqrt(2.0 * (c[0] - JOINT_OFFSET)))
+        return (rate, k_c, n_c, self._base_rate(rate), math.sqrt(2.0 * (c[0] - JOINT_OFFSET)))
+
+    # -- scoring --------------------------------------------------------------------------
+    @staticmethod
+    def _contribution(row: tuple) -> Contribution:
+        feature, a, b, baseline, deviation = row
+        if b is None:  # a level: its value, and the baseline back from log1p
+            return Contribution(feature, a, math.expm1(baseline), deviation)
+        return Contribution(feature, a / b, baseline, deviation)
 
     def deviations(self, x: dict[str, float]) -> list[Contribution]:
-        counts = {k: _finite(v) for k, v in derived_counts(x).items()}
-        out: list[Contribution] = []
-        for name, (num_name, den_name) in RATES.items():
-            if name in EVIDENCE_ONLY:
-                continue
-            c = self._rate_deviation(name, max(counts[num_name], 0.0), max(counts[den_name], 0.0))
-            if c is not None:
-                out.append(c)
-        if self._seen >= DRIFT_WARMUP:
-            # a joint drift stands in for its explaining stream's deviation where it is stronger
-            for name in JOINT_DRIFTS:
-                d = self._joint_deviation(name, counts)
-                if d is None:
-                    continue
-                at = next((i for i, c in enumerate(out) if c.feature == d.feature), None)
-                if at is None:
-                    out.append(d)
-                elif d.deviation > out[at].deviation:
-                    out[at] = d
-        for name, (direction, evidence_name) in LEVELS.items():
-            n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
-            if n <= 0 or name not in x:
-                continue
-            value = max(_finite(x[name]), 0.0)
-            mean, var, _w = self._levels[name]
-            z = (math.log1p(value) - mean) / math.sqrt(var + self.level_var_floor)
-            z *= direction * math.sqrt(n / (n + 5.0))
-            out.append(Contribution(name, value, math.expm1(mean), z))
-        return out
-
-    def _combine(self, devs: list[Contribution]) -> float:
-        top = sorted((d.deviation for d in devs if d.deviation > 0), reverse=True)[:2]
-        if not top:
-            return 0.0
-        return top[0] + (0.5 * top[1] if len(top) > 1 else 0.0)
+        return [self._contribution(r) for r in self._evaluate(x)[1]]
 
     def score_one(self, x: dict[str, float]) -> float:
-        return calibrate(self._combine(self.deviations(x)), self.z_mid, self.z_scale)
+        return calibrate(self._evaluate(x)[0], self.z_mid, self.z_scale)
 
     def explain(self, x: dict[str, float], top: int = 3) -> list[Contribution]:
-        devs = [d for d in self.deviations(x) if d.deviation > 0]
-        devs.sort(key=lambda d: d.deviation, reverse=True)
-        return devs[:top]
+        rows = [r for r in self._evaluate(x)[1] if r[4] > 0]
+        rows.sort(key=lambda r: r[4], reverse=True)
+        return [self._contribution(r) for r in rows[:top]]
 
     # -- learning -------------------------------------------------------------------------
-    def _accumulate_short(self, counts: dict[str, float]) -> None:
-        for name, (num_name, den_name) in RATES.items():
-            s = self._rates[name]
-            k, n = max(counts[num_name], 0.0), max(counts[den_name], 0.0)
-            for i, d in enumerate(self.short_decays):
-                s[2 + 2 * i] = d * s[2 + 2 * i] + k
-                s[3 + 2 * i] = d * s[3 + 2 * i] + n
-
     def observe_flagged(self, x: dict[str, float]) -> None:
         """A flagged window: its evidence has been acted on. Keep it out of the baseline and
         restart the short horizons, so the episode stays open only while new windows are
         anomalous again (and resolves once they are not), instead of the decayed evidence of
         one burst keeping it open for a hundred windows."""
+        self._scored = None
         for s in self._rates.values():
             for i in range(2, len(s)):
                 s[i] = 0.0
@@ -392,8 +491,9 @@ class RobustBaseline(AnomalyDetector):
 
     def learn_one(self, x: dict[str, float]) -> None:
         a = self.alpha
-        counts = {k: _finite(v) for k, v in derived_counts(x).items()}
-        imps = max(counts["impressions"], 0.0)
+        _z, _rows, counts, guards, joints, levels = self._evaluate(x)
+        self._scored = None
+        imps = counts["impressions"]
         typical = self._volume
         vol_w = 1.0
         if typical > 0 and imps > VOLUME_CAP * typical:
@@ -401,60 +501,62 @@ class RobustBaseline(AnomalyDetector):
         # the typical volume follows a burst no faster than the cap lets it count
         self._volume = imps if typical <= 0 else typical + a * (
             min(imps, VOLUME_CAP * typical) - typical)
+        guard = self.learn_guard
+        drift_guard = 0.5 * guard ** 2
         drifting: set[str] = set()
-        if self._seen >= DRIFT_WARMUP:
-            for name, streams in JOINT_DRIFTS.items():
-                if not any(counts[RATES[rate][1]] > 0 for rate in streams):
-                    continue
-                c = self._cusum[name] = self._joint_step(name, counts)
-                if c[0] > JOINT_OFFSET + 0.5 * self.learn_guard ** 2:
-                    drifting.update(streams)
-        for name, (num_name, den_name) in RATES.items():
-            den = counts[den_name]
+        for name, streams in JOINT_DRIFTS.items():
+            if name not in joints or not any(counts[RATES[rate][1]] > 0 for rate in streams):
+                continue
+            c = self._cusum[name] = joints[name]
+            if c[0] > JOINT_OFFSET + drift_guard:
+                drifting.update(streams)
+        rates, cusum, horizons = self._rates, self._cusum, self._horizons
+        for (name, num_name, den_name), (horizon, step) in zip(RATE_FIELDS, guards):
+            s = rates[name]
+            k, den = counts[num_name], counts[den_name]
+            # every window enters the short horizons, also one without a denominator (their
+            # deviation for this window was taken by _evaluate, before this update)
+            for d, i_k, i_n in horizons:
+                s[i_k] = d * s[i_k] + k
+                s[i_n] = d * s[i_n] + den
             if den <= 0:
                 continue
-            k = max(counts[num_name], 0.0)
-            s = self._rates[name]
             # The baseline's memory scales with evidence: about COUNT_MEMORY expected events,
-            # and never less than 1/alpha windows. A rare count (0.01 complaints a window) is averaged over
-            # days, so one complaint cannot quadruple its own baseline; clicks adapt in an hour.
+            # and never less than 1/alpha windows. A rare count (0.01 complaints a window) is
+            # averaged over days, so one complaint cannot quadruple its own baseline; clicks
+            # adapt in an hour.
             expected = (s[0] / s[1]) * den if s[1] > 0 else 0.0
             rate_a = min(a, max(expected / COUNT_MEMORY, MIN_ALPHA))
             # A rate whose accumulated evidence is already elevated (below the alert threshold)
             # barely moves it: a ramp or a trickle of reports must not become the
             # baseline it is judged against, while a genuine shift is still absorbed in hours.
             # Such a window enters with weight 0.05, and the past decays correspondingly less.
-            dev = self._rate_deviation(name, k, den, horizons_only=True)
-            guarded = (dev is not None and dev.deviation > self.learn_guard) or name in drifting
-            if name in self._cusum and self._seen >= DRIFT_WARMUP:
+            guarded = (horizon is not None and horizon > guard) or name in drifting
+            if step is not None:
                 # a drift in progress must not become the baseline either
-                c = self._cusum[name]
-                c[:] = self._cusum_step(name, k, den, s[0] / s[1] if s[1] > 0 else 0.0)
-                guarded = guarded or c[0] > CUSUM_OFFSET + 0.5 * self.learn_guard ** 2
+                cusum[name][:] = step
+                guarded = guarded or step[0] > CUSUM_OFFSET + drift_guard
             w = (0.05 if guarded else 1.0) * vol_w
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
             s[1] = (1.0 - w * rate_a) * s[1] + w * den
-        self._accumulate_short(counts)
-        for name, (direction, evidence_name) in LEVELS.items():
-            n = counts.get(evidence_name, _finite(x.get(evidence_name, 0.0)))
-            if n <= 0 or name not in x:
-                continue
-            v = math.log1p(max(_finite(x[name]), 0.0))
-            s = self._levels[name]
+        level_state = self._levels
+        for name, v, z in levels:
+            s = level_state[name]
             mean, var, w = s
             diff = v - mean
-            la = a  # the deviation as deviations() computes it
-            if LEVEL_GUARD and (direction * diff / math.sqrt(var + self.level_var_floor)
-                                * math.sqrt(n / (n + 5.0))) > self.learn_guard:
-                la = 0.05 * a
+            la = 0.05 * a if LEVEL_GUARD and z > guard else a
             incr = la * diff
+            keep = 1.0 - la
             s[0] = mean + incr
-            s[1] = (1.0 - la) * (var + diff * incr)
-            s[2] = (1.0 - la) * w + la
+            s[1] = keep * (var + diff * incr)
+            s[2] = keep * w + la
         self._seen += 1
 
     # -- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        # The returned lists are the model's own (no copy: the engine serialises them at once),
+        # so a caller could change them: drop what was computed from them.
+        self._scored = None
         # a drift statistic at rest (0, 0, 0) is left out: the common case costs no bytes
         return {"rates": self._rates, "levels": self._levels,
                 "cusum": {k: c for k, c in self._cusum.items() if c[0] > 0.0},
@@ -464,6 +566,7 @@ class RobustBaseline(AnomalyDetector):
         """Load a stored state. A v3 or v4 state (no ``deception_rate``, no ``cusum``; no joint
         drift) loads too: what it lacks starts from the cohort prior or at rest, as for a new
         advertiser (its typical volume from the next window)."""
+        self._scored = None
         rates = {k: [float(v) for v in vals] for k, vals in data["rates"].items()}
         self._rates = {k: rates.get(k, v) for k, v in self._rates.items()}
         self._levels = {k: [float(v) for v in vals] for k, vals in data["levels"].items()}

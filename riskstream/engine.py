@@ -583,8 +583,9 @@ class RiskEngine:
                               "config_version": mc.version},
                     "risk_score": round(risk, 6), "flagged": flagged,
                     "severity": severity, "rules": [h.code for h in rule_hits],
-                    # round(v, 6) is v for a zero (the most common value): skip the call
-                    "metrics": {k: v if v == 0.0 else round(v, 6) for k, v in x.items()},
+                    # round(v, 6) is v for a whole float (zeros and the counts, most values;
+                    # the features are floats): skip the call, which formats the digits
+                    "metrics": {k: v if v % 1.0 == 0.0 else round(v, 6) for k, v in x.items()},
                 }, st.partition))
                 recent = st.recent
                 recent.append([w.start, round(risk, 4), severity if flagged else None])

@@ -22,8 +22,9 @@ import math
 import operator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Union
 
+import msgspec
 import orjson
 
 IMPRESSIONS = "impression"
@@ -68,6 +69,37 @@ _impression_fields = operator.itemgetter(*_IMPRESSION_FIELDS)
 _feedback_fields = operator.itemgetter(
     "event_id", "event_time", "advertiser_id", "kind", "ad_id", "user_id", "reason", "channel")
 _JSONDecodeError = orjson.JSONDecodeError
+
+
+# The typed decode of an impression (see validate_impression): the contract's 13 fields, each
+# with the type and bounds the checked path (``_impression``) accepts, and no other field. The
+# bounds msgspec cannot state (isprintable, the clock) are left to validate_impression.
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN)]
+_Text = Annotated[str, msgspec.Meta(max_length=ID_MAX_LEN)]
+# int and float kept apart, as orjson returns them; int(1e15) == 1e15, so the bounds are equal
+_Amount = Union[Annotated[int, msgspec.Meta(ge=0, le=int(_MAX_AMOUNT))],
+                Annotated[float, msgspec.Meta(ge=0.0, le=_MAX_AMOUNT)]]
+
+
+class _TypedImpression(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    event_id: _Id
+    event_time: Annotated[int, msgspec.Meta(ge=MIN_EVENT_TIME_MS)]
+    advertiser_id: _Id
+    campaign_id: _Text
+    ad_id: _Text
+    user_id: _Id
+    region: _Text
+    placement: _Text
+    cost_micros: _Amount
+    clicked: bool
+    click_delay_ms: _Amount
+    converted: bool
+    dwell_ms: _Amount
+
+
+_decode_typed_impression = msgspec.json.Decoder(_TypedImpression).decode
+_typed_fields = msgspec.structs.asdict
+_TypedDecodeError = msgspec.DecodeError  # also the base of msgspec.ValidationError
 
 
 class InvalidEvent(ValueError):
@@ -207,12 +239,37 @@ def _common(obj: dict, now_ms: int, limits: Limits) -> tuple[str, int, str]:
 
 def validate_impression(raw: bytes, now_ms: int, limits: Limits = Limits()) -> dict:
     """Decode and check one impression; unknown extra fields are accepted (and not used)."""
-    # Fast path, per event in the worker and the replay: the checks of ``_impression`` inlined
-    # for the usual shape (every field present and not null, an integer event_time). It accepts
-    # only what ``_impression`` accepts and builds the same dict; anything else (a missing or
-    # null field, an RFC 3339 time, a wrong type, a bound crossed, bad JSON) goes through
-    # ``_impression``, which decides it and names the reason. tests/test_events_fast_path.py
-    # holds the two paths to the same outcome.
+    # Typed path, per event in the worker and the replay: msgspec decodes the usual message (the
+    # contract's 13 fields, none null, ASCII without escapes) straight into _TypedImpression,
+    # checking types and bounds as it parses. ASCII without a backslash or DEL means every
+    # string is printable (JSON forbids raw control characters) and its length is its bytes.
+    # Anything else -- a missing, extra or null field, a wrong type, a bound crossed, non-ASCII
+    # or escaped text, bad JSON -- fails here and goes through _validate_impression_untyped,
+    # which gives the reason; tests/test_events_typed_path.py holds both to the same outcome.
+    if (type(raw) is bytes and len(raw) <= limits.max_message_bytes and raw.isascii()
+            and 0x5C not in raw and 0x7F not in raw):  # no backslash, no DEL (int: memchr)
+        try:
+            typed = _decode_typed_impression(raw)
+        except _TypedDecodeError:
+            pass
+        else:
+            if now_ms - limits.max_age_ms <= typed.event_time <= now_ms + limits.max_future_ms:
+                event = _typed_fields(typed)
+                event["type"] = IMPRESSIONS
+                if not typed.clicked:
+                    event["click_delay_ms"] = 0.0  # not read by _impression either
+                return event
+    return _validate_impression_untyped(raw, now_ms, limits)
+
+
+def _validate_impression_untyped(raw: bytes, now_ms: int, limits: Limits) -> dict:
+    """validate_impression with orjson: its fast path for the usual shape, else the checked
+    path."""
+    # Fast path: the checks of ``_impression`` inlined for the usual shape (every field present
+    # and not null, an integer event_time). It accepts only what ``_impression`` accepts and
+    # builds the same dict; anything else (a missing or null field, an RFC 3339 time, a wrong
+    # type, a bound crossed, bad JSON) goes through ``_impression``, which decides it and names
+    # the reason. tests/test_events_fast_path.py holds the two paths to the same outcome.
     obj = _json_object(raw, limits)
     if obj is None:
         return _impression(_decode(raw, limits), now_ms, limits)

@@ -337,12 +337,14 @@ def test_conversions_do_not_count_toward_the_joint_minimum(monkeypatch) -> None:
 
     monkeypatch.setattr(baseline, "JOINT_OFFSET", 0.5)
     m = trained_cloak()
-    x = cloak_window(deception=1.0, conversions=3.0)
-    counts = baseline.derived_counts(x)
-    assert m._joint_step("cloak", counts)[0] > 0.5
-    assert m._joint_deviation("cloak", counts) is None
-    assert m._joint_deviation("cloak", baseline.derived_counts(
-        cloak_window(deception=2.0, conversions=3.0))) is not None
+
+    def cloak_row(x: dict[str, float]):
+        step = m._joint_step("cloak", baseline.window_counts(x))
+        return step[0], m._joint_row("cloak", step)
+
+    stat, row = cloak_row(cloak_window(deception=1.0, conversions=3.0))
+    assert stat > 0.5 and row is None
+    assert cloak_row(cloak_window(deception=2.0, conversions=3.0))[1] is not None
 
 
 # -- v6: levels do not learn what they already find anomalous ----------------------------------
