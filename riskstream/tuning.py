@@ -5,8 +5,8 @@ simulated run can be replayed by the engine once while every closed window's fea
 recorded, and model variants then run over those features alone: per advertiser, in closing
 order, ``score_one`` -> ``decide`` -> ``learn_one`` (or ``observe_flagged`` when flagged), as
 ``RiskEngine._close_window`` does. That gives the engine's alerts exactly (same ids, statuses,
-severities and scores; ``tests/test_tuning.py``) at ~1/10 of the cost, since parsing and
-windowing, nine tenths of a replay, are done once.
+severities and scores; ``tests/test_tuning.py``) at a fraction of the cost, since parsing and
+windowing are done once (seed 9001, 200 advertisers x 4 h: capture 31 CPU-s, a replay 5 CPU-s).
 
 .. code-block:: bash
 
