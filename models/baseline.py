@@ -60,7 +60,13 @@ RATES: dict[str, tuple[str, str]] = {
     "harm_rate": ("harm", "impressions"),
     "low_rating_share": ("low_ratings", "satisfaction_responses"),
     "deception_rate": ("deception", "impressions"),
+    # v6: evidence only (EVIDENCE_ONLY), for the cloaking drift below
+    "cvr": ("conversions", "clicks"),
 }
+# Rates that are no deviation of their own, only evidence in a joint drift: a cloaked page
+# converts 2-4x better, which is no harm by itself (a good landing page does too), but next to
+# deception signals and low ratings it says the page is what changed.
+EVIDENCE_ONLY: frozenset[str] = frozenset({"cvr"})
 # level feature -> (risk direction, evidence feature whose size shrinks the deviation)
 LEVELS: dict[str, tuple[int, str]] = {
     "mean_dwell_ms": (-1, "clicks"),
@@ -86,13 +92,25 @@ DRIFT_WARMUP = 60
 # than either alone. Drift name (its key in the state) -> {rate: rho}. It is scored only once its
 # streams hold JOINT_MIN_EVENTS events, and is explained by the stream that brought most of its
 # evidence. (Offset chosen on development seeds 5001-5012: docs/detection.md.)
-JOINT_DRIFTS: dict[str, dict[str, float]] = {"hide_report": {"hide_rate": 4.0, "report_rate": 10.0}}
-JOINT_OFFSET = 2.0
+#
+# v6: a second one for cloaked landing pages: deception signals (x10), low ratings (x8) and
+# conversions (x2.5, evidence only: it adds to the statistic but never counts toward
+# JOINT_MIN_EVENTS nor explains the alert). Offset 2 -> 2.5 with two drifts (docs/detection.md).
+JOINT_DRIFTS: dict[str, dict[str, float]] = {
+    "hide_report": {"hide_rate": 4.0, "report_rate": 10.0},
+    "cloak": {"deception_rate": 10.0, "low_rating_share": 8.0, "cvr": 2.5},
+}
+JOINT_OFFSET = 2.5
 JOINT_MIN_EVENTS = 2.0
 # A window serving more than VOLUME_CAP x the advertiser's typical impressions learns with
 # proportionally less weight: rates are sums of counts, so otherwise one bot burst at 10x volume
 # (CTR x0.3) rewrites an hour of CTR history in minutes, and normal CTR afterwards reads as a drift.
 VOLUME_CAP = 2.0
+# v6: a level whose window already deviates by more than ``learn_guard`` (in the risky direction)
+# learns with weight 0.05, as a guarded rate does. Without it a bot burst at 40 impressions a
+# minute (4 impressions per user for 20 minutes, where 1.0 was the rule) taught its own level
+# and inflated its variance within a few sub-threshold windows, and was missed.
+LEVEL_GUARD = True
 # Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
 DEFAULT_PRIORS: dict[str, float] = {
     "ctr": 0.02,
@@ -106,6 +124,7 @@ DEFAULT_PRIORS: dict[str, float] = {
     "harm_rate": 5e-4,
     "low_rating_share": 0.15,
     "deception_rate": 6e-5,
+    "cvr": 0.05,
     "mean_dwell_ms": 20000.0,
     "median_click_delay_ms": 3000.0,
     "impressions_per_user": 1.1,
@@ -149,6 +168,7 @@ def derived_counts(x: dict[str, float]) -> dict[str, float]:
         "low_ratings": x.get("low_rating_share", 0.0) * ratings,
         "satisfaction_responses": ratings,
         "deception": x.get("deception_signals", 0.0),
+        "conversions": x.get("conversions", 0.0),
     }
 
 
@@ -304,7 +324,8 @@ class RobustBaseline(AnomalyDetector):
           None)``: the strongest short-horizon deviation (the learning guard) and, once warm,
           the rate's drift state after this window.
         * ``joints``: joint drift name -> its state after this window (once warm).
-        * ``levels``: ``(level, log1p(value))`` for every level this window has evidence for.
+        * ``levels``: ``(level, log1p(value), deviation)`` for every level this window has
+          evidence for.
         """
         sc = self._scored
         if sc is not None and sc[0] is x and sc[1] == x:
@@ -347,7 +368,7 @@ class RobustBaseline(AnomalyDetector):
                     z_c = sqrt(2.0 * (stat - CUSUM_OFFSET))
                     if z is None or z_c > z:
                         z, bk, bn = z_c, k_c, n_c
-            if z is not None:
+            if z is not None and name not in EVIDENCE_ONLY:
                 rows.append((name, bk, bn, base_rate, z))
             guards.append((horizon, step))
         joints: dict[str, list[float]] = {}
@@ -376,7 +397,7 @@ class RobustBaseline(AnomalyDetector):
             z = (v - mean) / sqrt(var + floor)
             z *= direction * sqrt(n / (n + 5.0))
             rows.append((name, value, None, mean, z))
-            levels.append((name, v))
+            levels.append((name, v, z))
         # the top two positive deviations, as sorted(..., reverse=True)[:2] would give them
         top1 = top2 = 0.0
         for r in rows:
@@ -427,9 +448,10 @@ class RobustBaseline(AnomalyDetector):
         """A joint drift's deviation row (as ``_evaluate``'s), explained by the stream that
         brought most of its evidence; None while it is below its offset or its events."""
         streams = list(JOINT_DRIFTS[name].items())
-        if c[0] <= JOINT_OFFSET or sum(c[1::2]) < JOINT_MIN_EVENTS:
+        harm = [j for j, (rate, _rho) in enumerate(streams) if rate not in EVIDENCE_ONLY]
+        if c[0] <= JOINT_OFFSET or sum(c[1 + 2 * j] for j in harm) < JOINT_MIN_EVENTS:
             return None
-        i = max(range(len(streams)), key=lambda j: c[1 + 2 * j] * math.log(streams[j][1]))
+        i = max(harm, key=lambda j: c[1 + 2 * j] * math.log(streams[j][1]))
         rate, k_c, n_c = streams[i][0], c[1 + 2 * i], c[2 + 2 * i]
         if n_c <= 0:
             return None
@@ -517,16 +539,17 @@ class RobustBaseline(AnomalyDetector):
             w = (0.05 if guarded else 1.0) * vol_w
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
             s[1] = (1.0 - w * rate_a) * s[1] + w * den
-        keep = 1.0 - a
         level_state = self._levels
-        for name, v in levels:
+        for name, v, z in levels:
             s = level_state[name]
             mean, var, w = s
             diff = v - mean
-            incr = a * diff
+            la = 0.05 * a if LEVEL_GUARD and z > guard else a
+            incr = la * diff
+            keep = 1.0 - la
             s[0] = mean + incr
             s[1] = keep * (var + diff * incr)
-            s[2] = keep * w + a
+            s[2] = keep * w + la
         self._seen += 1
 
     # -- state ----------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def create(name: str) -> RiskModel:
 
 
 register(ModelSpec(
-    "robust-baseline", "5", RobustBaseline, {},
+    "robust-baseline", "6", RobustBaseline, {},
     "Count-aware directional per-advertiser baseline (Freeman-Tukey on Poisson counts, EW "
     "log-levels). Default: ~1.5 KiB of state, explains its scores."))
 # hst and river-ocsvm start warm from the cohort prototype (v2; v1 started from zero).

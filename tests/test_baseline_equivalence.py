@@ -16,6 +16,11 @@ also take the paths where that cache must not be used (a window changed in place
 ``state()`` handed out in between, ``learn_one`` without a score).
 
 ``duplicates`` pairs the frozen copy with ``models/baseline.py``: intended, it is the old code.
+
+Since v6 (issue 3) the current class runs here in v5's configuration (``V5_CONSTANTS``: no
+cloaking drift, joint offset 2, no level guard) and its state is compared without the ``cvr`` rate
+v6 added (evidence only, read by the cloaking drift alone): so the test also shows that v6 is v5
+plus exactly those additions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,26 @@ import orjson
 import pytest
 
 from models.baseline import RobustBaseline, _count, _finite
+from tests.fixtures import baseline_v5_reference as reference
 from tests.fixtures.baseline_v5_reference import ReferenceBaseline
+
+V5_CONSTANTS = {"JOINT_DRIFTS": reference.JOINT_DRIFTS, "JOINT_OFFSET": reference.JOINT_OFFSET,
+                "LEVEL_GUARD": False}
+
+
+@pytest.fixture(autouse=True)
+def v5_configuration(monkeypatch) -> None:
+    import models.baseline as baseline
+
+    for name, value in V5_CONSTANTS.items():
+        monkeypatch.setattr(baseline, name, value)
+
+
+def v5_state(model: RobustBaseline) -> dict[str, Any]:
+    """``model.state()`` without what v6 added (the evidence-only ``cvr`` rate)."""
+    state = model.state()
+    return dict(state, rates={k: v for k, v in state["rates"].items() if k != "cvr"})
+
 
 THRESHOLD = 0.8  # the default alert threshold: flagged windows go to observe_flagged
 SPECIAL = (0.0, -0.0, -1.0, float("nan"), float("inf"), float("-inf"), 1e13, 3, True)
@@ -125,7 +149,7 @@ def run_both(seed: int, windows: int, volume: float, params: dict[str, Any]) -> 
         if rng.random() < 0.02:
             assert same(new.deviations(x), ref.deviations(x)), (seed, i)
         if rng.random() < 0.02:
-            assert same(new.state(), ref.state()), (seed, i)  # handed out between score and learn
+            assert same(v5_state(new), ref.state()), (seed, i)  # handed out between score and learn
         if risk >= THRESHOLD or rng.random() < 0.01:
             new.observe_flagged(x)
             ref.observe_flagged(x)
@@ -133,7 +157,7 @@ def run_both(seed: int, windows: int, volume: float, params: dict[str, Any]) -> 
         else:
             new.learn_one(x)
             ref.learn_one(x)
-        state = new.state()
+        state = v5_state(new)
         assert same(state, ref.state()), (seed, i)
         seen["drift"] += bool(state["cusum"])
         if rng.random() < 0.01:
@@ -172,7 +196,7 @@ def test_cold_start_from_a_cohort_prototype_state() -> None:
     for x in stream(9201, 150, 80.0):
         ref.learn_one(x)
         new.learn_one(x)
-    assert same(new.state(), ref.state())
+    assert same(v5_state(new), ref.state())
     state = orjson.loads(orjson.dumps(new.state()))
     a, b = ReferenceBaseline(), RobustBaseline()
     a.load_state(state)
@@ -182,7 +206,7 @@ def test_cold_start_from_a_cohort_prototype_state() -> None:
         assert same(b.score_one(x), a.score_one(x))
         a.learn_one(x)
         b.learn_one(x)
-        assert same(b.state(), a.state())
+        assert same(v5_state(b), a.state())
 
 
 def test_a_window_changed_after_scoring_is_learned_as_it_is_now() -> None:
@@ -195,7 +219,7 @@ def test_a_window_changed_after_scoring_is_learned_as_it_is_now() -> None:
         x["reports"] = 2.0
         new.learn_one(x)
         ref.learn_one(x)
-        assert same(new.state(), ref.state())
+        assert same(v5_state(new), ref.state())
 
 
 def test_a_state_changed_after_scoring_is_learned_as_it_is_now() -> None:
@@ -211,7 +235,7 @@ def test_a_state_changed_after_scoring_is_learned_as_it_is_now() -> None:
             state["levels"]["mean_dwell_ms"][0] -= 0.1
         new.learn_one(x)
         ref.learn_one(x)
-        assert same(new.state(), ref.state())
+        assert same(v5_state(new), ref.state())
 
 
 def test_an_old_state_loads_the_same() -> None:
@@ -228,7 +252,7 @@ def test_an_old_state_loads_the_same() -> None:
         assert same(b.score_one(x), a.score_one(x))
         a.learn_one(x)
         b.learn_one(x)
-    assert same(b.state(), a.state())
+    assert same(v5_state(b), a.state())
 
 
 @pytest.mark.parametrize("v", SPECIAL + (5.5, -1e13, "x", None, 2 ** 40))

@@ -1,5 +1,6 @@
-"""robust-baseline v4 and v5: the drift detector (one-sided Poisson CUSUM; v5 adds a joint drift
-of hides and reports for scam ads), deception signals and the cohort prior's event floor. Unit
+"""robust-baseline v4 to v6: the drift detector (one-sided Poisson CUSUM; v5 adds a joint drift
+of hides and reports for scam ads, v6 one of deception signals, low ratings and conversions for
+cloaked pages), deception signals and the cohort prior's event floor. Unit
 tests on plain feature dicts (fast, no broker)."""
 
 from __future__ import annotations
@@ -222,16 +223,19 @@ def test_scam_ad_hides_and_reports_add_up(monkeypatch) -> None:
     assert all(r < THRESHOLD for r in risks[:first + 1])
 
 
-def test_scam_drift_is_explained_by_a_stream_above_its_baseline() -> None:
-    m = trained_feedback()
-    for x in SCAM_AD:
+def top_reason_when_flagged(m: RobustBaseline, xs: list[dict[str, float]]):
+    """The first reason of the first window that crosses the threshold (learning until then)."""
+    for x in xs:
         if m.score_one(x) >= THRESHOLD:
-            top = m.explain(x)[0]
-            assert top.feature in ("hide_rate", "report_rate"), top
-            assert top.value > 5 * top.baseline
-            return
+            return m.explain(x)[0]
         m.learn_one(x)
-    raise AssertionError("the scam ad never crossed the threshold")
+    raise AssertionError("never crossed the threshold")
+
+
+def test_scam_drift_is_explained_by_a_stream_above_its_baseline() -> None:
+    top = top_reason_when_flagged(trained_feedback(), SCAM_AD)
+    assert top.feature in ("hide_rate", "report_rate"), top
+    assert top.value > 5 * top.baseline
 
 
 def test_steady_hides_and_reports_never_drift() -> None:
@@ -272,3 +276,117 @@ def test_joint_drift_state_round_trips() -> None:
     assert m2.score_one(SCAM_AD[0]) == m.score_one(SCAM_AD[0])
     m.observe_flagged(SCAM_AD[0])
     assert "hide_report" not in m.state()["cusum"]  # a flagged window restarts it
+
+
+# -- v6: the joint cloaking drift (deception signals, low ratings, conversions as evidence) -----
+
+
+def cloak_window(deception: float = 0.004, conversions: float = 0.05, ratings: float = 0.1,
+                 low: float = 0.015) -> dict[str, float]:
+    """An average window at 60 impressions and 1 click a minute (fractional counts): deception
+    signals, conversions and satisfaction ratings (``low`` of them 1-2 stars)."""
+    return {"impressions": 60.0, "clicks": 1.0, "ctr": 1.0 / 60.0,
+            "conversions": conversions, "cvr": conversions,
+            "deception_signals": deception, "deception_rate": deception / 60.0,
+            "satisfaction_responses": ratings, "low_rating_share": low / ratings if ratings else 0.0}
+
+
+def trained_cloak(windows: int = 120) -> RobustBaseline:
+    m = RobustBaseline()
+    for _ in range(windows):
+        m.learn_one(cloak_window())
+    return m
+
+
+# a cloaked page: 3x conversions, deception signals at ~x40 (reports of clickers, then
+# complaints), a few 1-2 star ratings; each well under one event a window
+CLOAKING = [cloak_window(deception=0.15, conversions=0.15, ratings=0.2, low=0.1)] * 40
+
+
+def test_cloaked_page_signals_add_up(monkeypatch) -> None:
+    """Deception signals, low ratings and the rise in conversions are evidence together sooner
+    than the deception drift alone (v5: no cloaking drift)."""
+    import models.baseline as baseline
+
+    risks = run(trained_cloak(), CLOAKING)
+    first = next(i for i, r in enumerate(risks) if r >= THRESHOLD)
+    monkeypatch.setattr(baseline, "JOINT_DRIFTS",
+                        {k: v for k, v in baseline.JOINT_DRIFTS.items() if k != "cloak"})
+    risks = run(trained_cloak(), CLOAKING)
+    assert all(r < THRESHOLD for r in risks[:first + 1])
+
+
+def test_more_conversions_alone_never_alert() -> None:
+    """cvr is evidence only: a landing page that converts 4x better, with nothing else wrong,
+    is good news, and four hours of it raise no alert."""
+    m = trained_cloak()
+    assert max(run(m, [cloak_window(conversions=0.2)] * 240)) < THRESHOLD
+    assert all(c.feature != "cvr" for c in m.deviations(cloak_window(conversions=2.0)))
+
+
+def test_cloak_drift_is_explained_by_a_harm_stream() -> None:
+    top = top_reason_when_flagged(trained_cloak(), CLOAKING)
+    assert top.feature in ("deception_rate", "low_rating_share"), top
+
+
+def test_conversions_do_not_count_toward_the_joint_minimum(monkeypatch) -> None:
+    """Conversions add to the statistic only next to harm: with one deception signal (fewer
+    than JOINT_MIN_EVENTS harm events) and many conversions the cloak drift is not scored, even
+    above its offset."""
+    import models.baseline as baseline
+
+    monkeypatch.setattr(baseline, "JOINT_OFFSET", 0.5)
+    m = trained_cloak()
+
+    def cloak_row(x: dict[str, float]):
+        step = m._joint_step("cloak", baseline.window_counts(x))
+        return step[0], m._joint_row("cloak", step)
+
+    stat, row = cloak_row(cloak_window(deception=1.0, conversions=3.0))
+    assert stat > 0.5 and row is None
+    assert cloak_row(cloak_window(deception=2.0, conversions=3.0))[1] is not None
+
+
+# -- v6: levels do not learn what they already find anomalous ----------------------------------
+
+
+def user_window(imps: float, per_user: float) -> dict[str, float]:
+    return {"impressions": imps, "clicks": 0.0, "ctr": 0.0, "impressions_per_user": per_user}
+
+
+def per_user_deviations(windows: int = 20) -> list[float]:
+    """A bot burst seen by the impressions-per-user level: 40 impressions a minute at 1.0 per
+    user, then 300 a minute at 4 per user, learned (each window below the alert threshold)."""
+    m = RobustBaseline()
+    for _ in range(150):
+        m.learn_one(user_window(40.0, 1.0))
+    out = []
+    for _ in range(windows):
+        x = user_window(300.0, 4.0)
+        out.append(next(c.deviation for c in m.deviations(x)
+                        if c.feature == "impressions_per_user"))
+        m.learn_one(x)
+    return out
+
+
+def test_level_guard_keeps_a_burst_from_becoming_its_own_baseline(monkeypatch) -> None:
+    import models.baseline as baseline
+
+    guarded = per_user_deviations()
+    assert guarded[0] > 3.5 and guarded[-1] > 0.85 * guarded[0]
+    monkeypatch.setattr(baseline, "LEVEL_GUARD", False)
+    unguarded = per_user_deviations()
+    assert unguarded[0] == guarded[0]
+    assert unguarded[-1] < 0.5 * unguarded[0]  # v5: the level learned the burst within minutes
+
+
+def test_level_guard_still_follows_a_lasting_shift() -> None:
+    """A lasting change of level (4 per user for 12 hours) is absorbed, only more slowly."""
+    m = RobustBaseline()
+    for _ in range(150):
+        m.learn_one(user_window(40.0, 1.0))
+    for _ in range(720):
+        m.learn_one(user_window(40.0, 4.0))
+    dev = next(c.deviation for c in m.deviations(user_window(40.0, 4.0))
+               if c.feature == "impressions_per_user")
+    assert dev < 1.0

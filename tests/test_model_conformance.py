@@ -560,6 +560,23 @@ GOLDEN_STATES: dict[tuple[str, str], dict[str, Any]] = {
         b'dian_click_delay_ms":[8.0067,0.0700137,0.764754],"impressions_per_user":[0.741937,0.0700137,'
         b'0.764754],"mean_rating":[1.60944,0.25,0.16]},"cusum":{"hide_report":[8.47835,3.0,300.0,3.0,3'
         b'00.0]},"volume":100.0,"seen":63}'),
+    # robust-baseline "6": cvr (conversions per click, evidence only) and a joint cloaking drift
+    # ("cusum" entry "cloak": statistic, then events and exposure of deception_rate,
+    # low_rating_share and cvr; here after 60 normal windows and 3 with a deception signal and a
+    # conversion each, which also keep the single deception_rate drift up).
+    ("robust-baseline", "6"): orjson.loads(
+        b'{"rates":{"ctr":[76.4754,3823.77,19.9738,998.69,56.8824,2844.12],"fast_click_share":[2.53761'
+        b',168.862,0.0,19.9738,0.0,56.8824],"short_dwell_share":[2.3595,139.746,0.0,19.9738,0.0,56.882'
+        b'4],"report_rate":[3.88902,12717.3,0.199738,998.69,0.568824,2844.12],"hide_rate":[9.17968,582'
+        b'6.44,1.49803,998.69,4.26618,2844.12],"not_interested_rate":[2.3595,6987.28,0.0,998.69,0.0,28'
+        b'44.12],"scam_report_rate":[2.84623,20380.5,0.0,998.69,0.0,2844.12],"complaints_per_impressio'
+        b'n":[2.97262,105359.0,0.0,998.69,0.0,2844.12],"harm_rate":[4.93724,11048.9,0.399476,998.69,1.'
+        b'13765,2844.12],"low_rating_share":[3.92913,30.1058,0.199738,1.99738,0.568824,5.68824],"decep'
+        b'tion_rate":[4.04846,55200.9,2.71,998.69,2.9109,2844.12],"cvr":[8.47377,149.686,3.43769,19.97'
+        b'38,5.46393,56.8824]},"levels":{"mean_dwell_ms":[9.90354,0.0700137,0.764754],"median_click_de'
+        b'lay_ms":[8.0067,0.0700137,0.764754],"impressions_per_user":[0.741937,0.0700137,0.764754],"me'
+        b'an_rating":[1.60944,0.0700137,0.764754]},"cusum":{"deception_rate":[6.73,3.0,300.0],"cloak":'
+        b'[8.56815,3.0,300.0,0.06,0.6,3.0,6.0]},"volume":100.0,"seen":63}'),
 }
 
 
@@ -596,7 +613,7 @@ def test_robust_baseline_loads_a_v3_state_into_the_current_model() -> None:
 
 
 def test_robust_baseline_loads_a_v4_state_into_the_current_model() -> None:
-    """A v4 state (no joint drift) loads into v5: its CTR drift in progress carries on, the joint
+    """A v4 state (no joint drift) loads into the current model: its CTR drift in progress carries on, the joint
     hide + report drift starts at rest."""
     m = create("robust-baseline")
     m.load_state(GOLDEN_STATES["robust-baseline", "4"])
@@ -605,6 +622,20 @@ def test_robust_baseline_loads_a_v4_state_into_the_current_model() -> None:
     assert m.state()["cusum"] == GOLDEN_STATES["robust-baseline", "4"]["cusum"]
     for x in normal_windows(5, seed=71) + [click_spam_window()]:
         assert_score(m.score_one(x), "robust-baseline v4 state in the current model")
+        m.learn_one(x)
+    assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
+
+
+def test_robust_baseline_loads_a_v5_state_into_the_current_model() -> None:
+    """A v5 state (no cvr, no cloaking drift) loads into v6: its hide + report drift in progress
+    carries on, cvr starts at the cohort prior and the cloaking drift at rest."""
+    m = create("robust-baseline")
+    m.load_state(GOLDEN_STATES["robust-baseline", "5"])
+    assert m.windows_seen == 63
+    assert m.state()["cusum"] == GOLDEN_STATES["robust-baseline", "5"]["cusum"]
+    assert m.state()["rates"]["cvr"] == create("robust-baseline").state()["rates"]["cvr"]
+    for x in normal_windows(5, seed=71) + [click_spam_window()]:
+        assert_score(m.score_one(x), "robust-baseline v5 state in the current model")
         m.learn_one(x)
     assert m.score_one(click_spam_window()) >= DecisionConfig().threshold
 
