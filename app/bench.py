@@ -128,6 +128,11 @@ PROFILES = {
     "full": Profile("full", events=1_000_000, recovery_extra_events=50_000,
                     latency_seconds=90.0, state_sizes=(1000, 10_000, 100_000),
                     backtest_events=1_000_000, scale_events=400_000, total_budget_s=900.0),
+    # the 100k-advertiser worst case alone (docs/performance.md, "100k advertisers on one
+    # worker"), with a small main figure for its ratio: ~5 min
+    "many-100k": Profile("many-100k", events=30_000, scale_events=0,
+                         stock_transport_worker=False, many_advertisers=100_000,
+                         state_sizes=(1000,), latency_seconds=6.0, total_budget_s=1200.0),
 }
 
 
@@ -1649,7 +1654,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_path")
     p.add_argument("--bootstrap")
     p.add_argument("--broker-kind", default=None, help=argparse.SUPPRESS)
-    return run_bench(p.parse_args(argv))
+    p.add_argument("--profile", choices=sorted(PROFILES),
+                   help="a named profile instead of --quick's or the full one "
+                        "(many-100k: the 100k-advertiser worst case alone)")
+    args = p.parse_args(argv)
+    return run_bench(args, profile=args.profile)
 
 
 if __name__ == "__main__":
