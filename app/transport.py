@@ -82,12 +82,31 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeks: dict[Any, int] = {}  # tp -> number of seek() calls (the agent's re-fetch)
+        self._seek_to: dict[Any, int] = {}  # tp -> offset of its latest seek()
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def seek(self, partition: Any, offset: int) -> None:
+        """Faust's seek (aiokafka's position and the read offset move to ``offset``), and every
+        record of the partition fetched before it is dropped by :meth:`_drain_messages`.
+
+        Without that, records already fetched past ``offset`` -- a fetch in the loop's hands or
+        on its way from the consumer thread -- were delivered after the seek and raised Faust's
+        read offset past it, and the loop then silently dropped the re-fetched records below
+        that read offset: the agent's gap re-fetch (agents/events.py) got a run starting past
+        the expected offset, took those offsets for nonexistent and lost the events between
+        (docs/faults.md, "The re-fetch that skipped events")."""
+        await super().seek(partition, offset)
+        self._seeks[partition] = self._seeks.get(partition, 0) + 1
+        self._seek_to[partition] = offset
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a thread loop
-        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the only
-        # change is the fast path marked below.
+        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the changes
+        # are marked below: the fast path, and records fetched before a seek() are dropped.
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -105,9 +124,15 @@ class Consumer(faust_aiokafka.Consumer):
         flag = CONSUMER_FETCHING
         yield_every = 100
         num_since_yield = 0
+        seeks = self._seeks
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag)
+                # -- change: the seeks before this fetch began; a record of a partition
+                # seeked since was (or may have been) fetched before that seek
+                seeks_before = dict(seeks)
+                reseeked: set[Any] = set()
+                # ------------------------------------------------------------------------
                 ait = cast(AsyncIterator, getmany(timeout=1.0))
                 await self.sleep(0)
                 if not self.should_stop:
@@ -116,6 +141,14 @@ class Consumer(faust_aiokafka.Consumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        if seeks and seeks.get(tp) != seeks_before.get(tp):
+                            # -- change: dropped, undelivered, the read offset untouched. The
+                            # fetch may also have begun before the seek and read from its
+                            # target: seek there once more, so those records come again.
+                            if tp not in reseeked:
+                                reseeked.add(tp)
+                                self._reseek(tp)
+                            continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -148,6 +181,17 @@ class Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(flag)
+
+    def _reseek(self, tp: Any) -> None:
+        """Move ``tp`` back to its latest seek's offset, as :meth:`seek` did (no await: the
+        drain loop's records stay consistent), if it is still assigned."""
+        offset = self._seek_to[tp]
+        try:
+            self._thread.seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile: the next owner starts from its state
+            self.log.info("could not seek %s to %d again: %s", tp, offset, exc)
+            return
+        self._read_offset[tp] = offset if offset else None
 
 
 class ProducerBuffer(faust_producer.ProducerBuffer):
