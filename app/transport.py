@@ -91,16 +91,21 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek(self, partition: Any, offset: int) -> None:
-        """Faust's seek (aiokafka's position and the read offset move to ``offset``), and every
-        record of the partition fetched before it is dropped by :meth:`_drain_messages`.
+        """Seek ``partition`` to ``offset`` on the consumer thread, then drop, in
+        :meth:`_drain_messages`, every record of it fetched before the seek.
 
-        Without that, records already fetched past ``offset`` -- a fetch in the loop's hands or
-        on its way from the consumer thread -- were delivered after the seek and raised Faust's
-        read offset past it, and the loop then silently dropped the re-fetched records below
-        that read offset: the agent's gap re-fetch (agents/events.py) got a run starting past
-        the expected offset, took those offsets for nonexistent and lost the events between
-        (docs/faults.md, "The re-fetch that skipped events")."""
-        await super().seek(partition, offset)
+        Faust's ``seek`` calls aiokafka's ``seek`` from the event loop's thread while the
+        consumer thread's ``getmany`` may be between checking a partition's position and
+        advancing it past the records it returns: the seek was then overwritten and lost.
+        ``seek_wait`` runs it on the consumer thread (as Faust's own seeks to committed offsets
+        do). And records already fetched past ``offset`` -- held by the fetch loop, or on their
+        way from a fetch that began before the seek -- were delivered after it and raised
+        Faust's read offset past it, so that the loop then silently dropped the re-fetched
+        records below that read offset. Both made the agent's gap re-fetch (agents/events.py)
+        arrive past the expected offset, which it takes for offsets that do not exist: events
+        lost (docs/faults.md, "The scale test's flake under load")."""
+        await self._thread.seek_wait({partition: offset})
+        self._read_offset[partition] = offset if offset else None
         self._seeks[partition] = self._seeks.get(partition, 0) + 1
         self._seek_to[partition] = offset
 
@@ -147,7 +152,7 @@ class Consumer(faust_aiokafka.Consumer):
                             # target: seek there once more, so those records come again.
                             if tp not in reseeked:
                                 reseeked.add(tp)
-                                self._reseek(tp)
+                                await self._reseek(tp)
                             continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
@@ -182,12 +187,11 @@ class Consumer(faust_aiokafka.Consumer):
         finally:
             unset_flag(flag)
 
-    def _reseek(self, tp: Any) -> None:
-        """Move ``tp`` back to its latest seek's offset, as :meth:`seek` did (no await: the
-        drain loop's records stay consistent), if it is still assigned."""
+    async def _reseek(self, tp: Any) -> None:
+        """Seek ``tp`` to its latest seek's offset once more, if it is still assigned."""
         offset = self._seek_to[tp]
         try:
-            self._thread.seek(tp, offset)
+            await self._thread.seek_wait({tp: offset})
         except Exception as exc:  # revoked meanwhile: the next owner starts from its state
             self.log.info("could not seek %s to %d again: %s", tp, offset, exc)
             return

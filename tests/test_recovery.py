@@ -86,7 +86,7 @@ def _move_committed_offsets_ahead(bootstrap: str, group: str, topic: str, by: in
 
 # (offsets ahead, offsets kept before the end). committed_far_ahead: the replacement's first
 # fetch is a long run behind the gap, still in the fetch loop's hands when the agent seeks back
-# (docs/faults.md, "The re-fetch that skipped events")
+# (docs/faults.md, "The scale test's flake under load")
 AHEAD = {"committed_ahead": (7, 0), "committed_far_ahead": (1500, 500)}
 
 
