@@ -34,7 +34,7 @@ from riskstream.events import (InvalidEvent, dead_letter_record, validate_decisi
 log = logging.getLogger("riskstream.agents")
 
 INPUT_IDLE_S = 2.0
-MAX_REFETCHES = 20  # batches whose re-fetch of a gap starts past it, before its offsets count as gone
+MAX_REFETCHES = 20  # batches whose gap re-fetch starts past it; then its offsets count as gone
 CHECKPOINT_POLL_S = 0.25  # the agent looks at least this often whether a checkpoint is due
 
 
