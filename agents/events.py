@@ -152,7 +152,9 @@ def register_agents(ra: Any) -> None:
     # gap is never processed over: the partition is fetched again from the expected offset (the
     # run of events already fetched behind the gap is skipped until the re-fetch arrives, which
     # starts at or below the last offset seen). If the re-fetch itself starts past the expected
-    # offset, those offsets do not exist (retention, transaction markers): counted, accepted.
+    # offset while the broker still holds it, it is fetched again (see refetched_past); if the
+    # broker no longer holds it, or after MAX_REFETCHES batches, those offsets do not exist
+    # (retention, transaction markers): counted, accepted.
     refetch: dict[Any, int] = {}  # tp -> last offset seen since its gap was found
     # tp -> re-fetches of its gap that started past the expected offset although the broker
     # still holds that offset: something moved the position after our seek (Faust's seek to the
