@@ -82,12 +82,36 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeks: dict[Any, int] = {}  # tp -> number of seek() calls (the agent's re-fetch)
+        self._seek_to: dict[Any, int] = {}  # tp -> offset of its latest seek()
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def seek(self, partition: Any, offset: int) -> None:
+        """Seek ``partition`` to ``offset`` on the consumer thread, then drop, in
+        :meth:`_drain_messages`, every record of it fetched before the seek.
+
+        Faust's ``seek`` calls aiokafka's ``seek`` from the event loop's thread while the
+        consumer thread's ``getmany`` may be between checking a partition's position and
+        advancing it past the records it returns: the seek was then overwritten and lost.
+        ``seek_wait`` runs it on the consumer thread (as Faust's own seeks to committed offsets
+        do). And records already fetched past ``offset`` -- held by the fetch loop, or on their
+        way from a fetch that began before the seek -- were delivered after it and raised
+        Faust's read offset past it, so that the loop then silently dropped the re-fetched
+        records below that read offset. Both made the agent's gap re-fetch (agents/events.py)
+        arrive past the expected offset, which it takes for offsets that do not exist: events
+        lost (docs/faults.md, "The scale test's flake under load")."""
+        await self._thread.seek_wait({partition: offset})
+        self._read_offset[partition] = offset if offset else None
+        self._seeks[partition] = self._seeks.get(partition, 0) + 1
+        self._seek_to[partition] = offset
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a thread loop
-        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the only
-        # change is the fast path marked below.
+        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the changes
+        # are marked below: the fast path, and records fetched before a seek() are dropped.
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -105,9 +129,15 @@ class Consumer(faust_aiokafka.Consumer):
         flag = CONSUMER_FETCHING
         yield_every = 100
         num_since_yield = 0
+        seeks = self._seeks
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag)
+                # -- change: the seeks before this fetch began; a record of a partition
+                # seeked since was (or may have been) fetched before that seek
+                seeks_before = dict(seeks)
+                reseeked: set[Any] = set()
+                # ------------------------------------------------------------------------
                 ait = cast(AsyncIterator, getmany(timeout=1.0))
                 await self.sleep(0)
                 if not self.should_stop:
@@ -116,6 +146,14 @@ class Consumer(faust_aiokafka.Consumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        if seeks and seeks.get(tp) != seeks_before.get(tp):
+                            # -- change: dropped, undelivered, the read offset untouched. The
+                            # fetch may also have begun before the seek and read from its
+                            # target: seek there once more, so those records come again.
+                            if tp not in reseeked:
+                                reseeked.add(tp)
+                                await self._reseek(tp)
+                            continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -148,6 +186,16 @@ class Consumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(flag)
+
+    async def _reseek(self, tp: Any) -> None:
+        """Seek ``tp`` to its latest seek's offset once more, if it is still assigned."""
+        offset = self._seek_to[tp]
+        try:
+            await self._thread.seek_wait({tp: offset})
+        except Exception as exc:  # revoked meanwhile: the next owner starts from its state
+            self.log.info("could not seek %s to %d again: %s", tp, offset, exc)
+            return
+        self._read_offset[tp] = offset if offset else None
 
 
 class ProducerBuffer(faust_producer.ProducerBuffer):
