@@ -104,8 +104,7 @@ class Consumer(faust_aiokafka.Consumer):
         records below that read offset. Both made the agent's gap re-fetch (agents/events.py)
         arrive past the expected offset, which it takes for offsets that do not exist: events
         lost (docs/faults.md, "The scale test's flake under load")."""
-        await self._thread.seek_wait({partition: offset})
-        self._read_offset[partition] = offset if offset else None
+        await self._seek_on_thread(partition, offset)
         self._seeks[partition] = self._seeks.get(partition, 0) + 1
         self._seek_to[partition] = offset
 
@@ -191,10 +190,13 @@ class Consumer(faust_aiokafka.Consumer):
         """Seek ``tp`` to its latest seek's offset once more, if it is still assigned."""
         offset = self._seek_to[tp]
         try:
-            await self._thread.seek_wait({tp: offset})
+            await self._seek_on_thread(tp, offset)
         except Exception as exc:  # revoked meanwhile: the next owner starts from its state
             self.log.info("could not seek %s to %d again: %s", tp, offset, exc)
-            return
+
+    async def _seek_on_thread(self, tp: Any, offset: int) -> None:
+        """aiokafka's seek on the consumer thread; Faust's read offset follows it."""
+        await self._thread.seek_wait({tp: offset})
         self._read_offset[tp] = offset if offset else None
 
 

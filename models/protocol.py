@@ -37,3 +37,15 @@ class RiskModel(Protocol):
 
     @property
     def windows_seen(self) -> int: ...
+
+
+def learn_after_decision(model: Any, x: dict[str, float], flagged: bool) -> None:
+    """Score before learn, and never learn the anomalies we flag (River's
+    ``protect_anomaly_detector``): a normal window is learned; a flagged one only goes to the
+    model's ``observe_flagged`` when it has one (models may still keep the evidence)."""
+    if not flagged:
+        model.learn_one(x)
+        return
+    observe = getattr(model, "observe_flagged", None)
+    if observe is not None:
+        observe(x)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 import orjson
 
-from models.protocol import RiskModel
+from models.protocol import RiskModel, learn_after_decision
 from models.registry import get_spec
 from riskstream.alerts import build_alert, iso_ms
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
@@ -634,16 +634,8 @@ class RiskEngine:
                 self.stats["alerts" if mode == "enforce" else "shadow_alerts"] += 1
             elif flagged:
                 self.stats["suppressed"] += 1
-            if st.enforced_by is not None:
-                pass  # confirmed-bad traffic never becomes a baseline
-            elif not flagged:
-                model.learn_one(x)
-            else:
-                # Score before learn, and never learn the anomalies we flag (River's
-                # protect_anomaly_detector); models may still keep the evidence.
-                observe = getattr(model, "observe_flagged", None)
-                if observe is not None:
-                    observe(x)
+            if st.enforced_by is None:  # confirmed-bad traffic never becomes a baseline
+                learn_after_decision(model, x, flagged)
 
     # -- model control --------------------------------------------------------------------
     def apply_model_config(self, cfg: ModelConfig) -> bool:

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
+from models.protocol import learn_after_decision
 from models.registry import get_spec
 from riskstream import backtest
 from riskstream.alerts import alert_id_for
@@ -147,12 +148,7 @@ def replay_features(windows: Iterable[Window], spec_name: str = "robust-baseline
                 "advertiser_id": adv, "window": {"start": start, "end": end},
                 "severity": severity or "low", "risk_score": round(risk, 6),
                 "reasons": reasons})
-        if not flagged:
-            model.learn_one(x)
-        else:
-            observe = getattr(model, "observe_flagged", None)
-            if observe is not None:
-                observe(x)
+        learn_after_decision(model, x, flagged)  # as the engine's _close_window
     return alerts
 
 
