@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from app.eos import ExactlyOnce
-from app.transport import commit_offsets, event_batches
+from app.transport import ack_events, commit_offsets, event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
                                validate_feedback, validate_impression)
@@ -56,13 +56,21 @@ def register_agents(ra: Any) -> None:
                  "score": topics["scores"]}
     eos = ExactlyOnce(ra) if settings.processing_guarantee == "exactly_once" else None
 
+    topic_names: dict[Any, str] = {}
+
     async def send(topic: Any, partition: int, key: bytes | None, value: bytes) -> None:
         """at_least_once: produce now; exactly_once: held for the partition's transaction at
         the next checkpoint (app/eos.py)."""
+        name = topic_names.get(topic)
+        if name is None:
+            name = topic_names[topic] = topic.get_topic_name()
         if eos is None:
-            await topic.send(key=key, value=value)
+            # Straight to the producer, as ``topic.send`` ends up doing for raw bytes (the
+            # partition from the key; delivered before the checkpoint acks, by its flush),
+            # without Faust's per-message FutureMessage, codec and sensor steps.
+            await app.producer.send(name, key, value, None, None, None)
         else:
-            eos.add(partition, topic.get_topic_name(), key, value)
+            eos.add(partition, name, key, value)
 
     async def emit(outputs: list) -> None:
         now = time.time()
@@ -124,8 +132,7 @@ def register_agents(ra: Any) -> None:
             except Exception as exc:  # the next checkpoint commits again (at-least-once)
                 log.warning("offset commit failed: %s", exc)
         if pending:
-            for event in pending:
-                event.message.ack(consumer)
+            ack_events(consumer, pending)  # as event.message.ack(consumer) for each, at once
             pending.clear()
 
     def checkpoint_due() -> bool:
@@ -185,6 +192,10 @@ def register_agents(ra: Any) -> None:
             replayed = 0
             seek_to: dict[Any, int] = {}
             held: set[Any] = set()  # partitions whose re-fetch this batch fetches again
+            # per event below: bound once per batch (the loop is the worker's hot path)
+            next_offset, note_offset = engine.next_offset, engine.note_offset
+            applied, process = engine.applied_to_advertiser, engine.process
+            add_pending = pending.append
             for event in batch:
                 msg = event.message
                 tp = msg.tp
@@ -192,7 +203,7 @@ def register_agents(ra: Any) -> None:
                     untrack(msg)  # revoked mid-batch: not acknowledged, the new owner reads it
                     continue
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
-                expected = engine.next_offset(partition, topic)
+                expected = next_offset(partition, topic)
                 if offset > expected >= 0:
                     seen = refetch.get(tp)
                     if seen is None or offset > seen:  # a gap, or the run fetched behind it
@@ -222,13 +233,13 @@ def register_agents(ra: Any) -> None:
                 elif refetch:
                     if refetch.pop(tp, None) is not None:  # the re-fetch arrived
                         refetched_past.pop(tp, None)
-                pending.append(event)
+                add_pending(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
                 if offset < expected:
                     replayed += 1  # already in the restored state: do not count it twice
                     continue
-                engine.note_offset(partition, topic, offset + 1)
+                note_offset(partition, topic, offset + 1)
                 source, validate = source_of[topic]
                 raw = event.value if event.value is not None else b""
                 try:
@@ -237,8 +248,7 @@ def register_agents(ra: Any) -> None:
                     consumed[topic] = consumed.get(topic, 0) + 1
                     await dead_letter(msg, raw, exc, now_ms)
                     continue
-                if engine.applied_to_advertiser(partition, ev["advertiser_id"], topic,
-                                                offset):
+                if applied(partition, ev["advertiser_id"], topic, offset):
                     replayed += 1
                     continue
                 consumed[topic] = consumed.get(topic, 0) + 1
@@ -248,7 +258,7 @@ def register_agents(ra: Any) -> None:
                     record_decision(ev)
                     continue
                 try:
-                    outputs = engine.process(ev, partition, caught_up=False, position=where)
+                    outputs = process(ev, partition, caught_up=False, position=where)
                 except InvalidEvent as exc:  # late_event
                     await dead_letter(msg, raw, exc, now_ms)
                     continue
