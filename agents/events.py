@@ -35,6 +35,7 @@ log = logging.getLogger("riskstream.agents")
 
 INPUT_IDLE_S = 2.0
 MAX_REFETCHES = 20  # batches whose gap re-fetch starts past it; then its offsets count as gone
+REFETCH_RETRY_S = 10.0  # a gap's re-fetch of which nothing arrived this long is sought again
 CHECKPOINT_POLL_S = 0.25  # the agent looks at least this often whether a checkpoint is due
 
 
@@ -168,6 +169,11 @@ def register_agents(ra: Any) -> None:
     # committed offsets at the end of a table recovery; docs/faults.md, "The scale test's flake
     # under load"), so the gap is fetched again; after MAX_REFETCHES the offsets count as gone
     refetched_past: dict[Any, int] = {}
+    # tp -> monotonic time of the latest seek for its gap. A re-fetch of which nothing arrives
+    # for REFETCH_RETRY_S is sought again (track_inputs): whatever swallowed it -- a seek of
+    # Faust's own at the end of a recovery, records dropped for an older consumer generation --
+    # the partition must not stall with its events unprocessed (tests/test_scale.py once did).
+    refetch_sought: dict[Any, float] = {}
 
     async def offsets_exist(tp: Any, expected: int) -> bool:
         tries = refetched_past[tp] = refetched_past.get(tp, 0) + 1
@@ -227,12 +233,14 @@ def register_agents(ra: Any) -> None:
                         continue
                     del refetch[tp]
                     refetched_past.pop(tp, None)
+                    refetch_sought.pop(tp, None)
                     metrics.input_gaps.labels(topic, "missing").inc()
                     log.warning("input offsets %d-%d of %s[%d] do not exist (retention or "
                                 "transaction markers)", expected, offset - 1, topic, partition)
                 elif refetch:
                     if refetch.pop(tp, None) is not None:  # the re-fetch arrived
                         refetched_past.pop(tp, None)
+                        refetch_sought.pop(tp, None)
                 add_pending(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
@@ -269,6 +277,7 @@ def register_agents(ra: Any) -> None:
             if replayed:
                 metrics.events_replayed_skipped.inc(replayed)
             for tp, offset in seek_to.items():
+                refetch_sought[tp] = time.monotonic()
                 try:
                     await consumer.seek(tp, offset)
                 except Exception as exc:  # revoked meanwhile: the next owner starts from the state
@@ -316,6 +325,7 @@ def register_agents(ra: Any) -> None:
             # closes nothing (emitted all the same).
             reachable = highwaters is not None and now - asked <= INPUT_IDLE_S
             outputs = []
+            resume: list[tuple[Any, int, int | None]] = []  # (tp, the state's offset, committed)
             for tp in tps:
                 source = source_of[tp.topic][0]
                 if not reachable:
@@ -327,13 +337,37 @@ def register_agents(ra: Any) -> None:
                 hw = highwaters.get(tp)
                 if hw is None or tp not in assignment:
                     continue
-                nxt = positions.get(tp)
-                if nxt is None:
-                    committed = consumer._committed_offset.get(tp)
-                    nxt = committed if committed is not None else earliest.get(tp, 0)
+                committed = consumer._committed_offset.get(tp)
+                nxt, seek = read_position(
+                    positions.get(tp), committed, earliest.get(tp, 0), hw,
+                    engine.next_offset(tp.partition, tp.topic), tp in refetch,
+                    now - refetch_sought.get(tp, now), now - idle_since)
+                if seek is not None:
+                    if tp in refetch:
+                        refetch_sought[tp] = now
+                        resume.append((tp, seek, None))
+                    else:
+                        last_active[tp] = now
+                        resume.append((tp, seek, committed))
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source, True)
+            for tp, expected, committed in resume:
+                if committed is None:
+                    metrics.input_gaps.labels(tp.topic, "refetch_retried").inc()
+                    log.warning("input gap: nothing of the re-fetch of %s[%d] from %d came in "
+                                "%.0f s; fetching again", tp.topic, tp.partition, expected,
+                                REFETCH_RETRY_S)
+                else:
+                    metrics.input_gaps.labels(tp.topic, "refetched").inc()
+                    log.warning("input gap: %s[%d] (committed %s) holds events from %d, where "
+                                "the state is, and none came in %.0f s since the assignment; "
+                                "fetching again", tp.topic, tp.partition, committed, expected,
+                                REFETCH_RETRY_S)
+                try:
+                    await consumer.seek(tp, expected)
+                except Exception as exc:  # revoked meanwhile: the next owner starts from state
+                    log.warning("could not seek %s to %d: %s", tp, expected, exc)
             if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
         metrics.active_advertisers.set(engine.active_advertisers())
@@ -370,6 +404,7 @@ def register_agents(ra: Any) -> None:
         for tp in revoked:
             refetch.pop(tp, None)
             refetched_past.pop(tp, None)
+            refetch_sought.pop(tp, None)
             if tp.topic in input_names:
                 positions.pop(tp, None)
                 earliest.pop(tp, None)
@@ -378,6 +413,40 @@ def register_agents(ra: Any) -> None:
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
                 except KeyError:
                     pass
+
+
+def read_position(position: int | None, committed: int | None, earliest: int, highwater: int,
+                  expected: int, refetching: bool, refetch_age_s: float, idle_s: float
+                  ) -> tuple[int, int | None]:
+    """Where an input partition's reading stands, for its lag and caught-up mark, and where to
+    seek it, if anywhere: ``(next offset, offset to seek to or None)``.
+
+    ``position``: the next offset after the last event the agent accepted since the assignment
+    (None: none yet); ``committed``: the group's committed offset; ``earliest``: the first offset
+    the broker holds; ``highwater``: the offset after its last; ``expected``: the next offset
+    the state expects (-1: none yet); ``refetching``: a gap of it is being fetched again, sought
+    ``refetch_age_s`` ago; ``idle_s``: time since its last event (or its assignment).
+
+    * A gap being fetched again is read up to ``expected`` only: never caught up before the
+      re-fetch arrives (or its windows would close and the re-fetched events come late). If
+      nothing of it came for REFETCH_RETRY_S it is sought again: whatever swallowed the re-fetch
+      (a seek of Faust's own at the end of a recovery, records of an older consumer
+      generation), the partition must not stall with its events unprocessed.
+    * Nothing read since the assignment although the broker holds offsets past the state's
+      (``earliest <= expected < highwater``): the reading is at ``expected``, not caught up. If
+      nothing came for REFETCH_RETRY_S the consumer is not reading them -- its committed
+      offset ran ahead of the state, and no event past the gap came to show the agent's gap
+      rule -- so it is sought to ``expected`` (again every REFETCH_RETRY_S while nothing comes).
+      Not the committed offset: the worker's own checkpoint commits the state's offsets, which
+      hides the gap from it.
+    """
+    if refetching and expected >= 0:
+        return expected, (expected if refetch_age_s >= REFETCH_RETRY_S else None)
+    if position is not None:
+        return position, None
+    if earliest <= expected < highwater:
+        return expected, (expected if idle_s >= REFETCH_RETRY_S else None)
+    return (committed if committed is not None else earliest), None
 
 
 def aiokafka_security(settings: Any) -> dict[str, Any]:

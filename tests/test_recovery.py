@@ -86,11 +86,13 @@ def _move_committed_offsets_ahead(bootstrap: str, group: str, topic: str, by: in
 
 # (offsets ahead, offsets kept before the end). committed_far_ahead: the replacement's first
 # fetch is a long run behind the gap, still in the fetch loop's hands when the agent seeks back
-# (docs/faults.md, "The scale test's flake under load")
-AHEAD = {"committed_ahead": (7, 0), "committed_far_ahead": (1500, 500)}
+# (docs/faults.md, "The scale test's flake under load"). committed_to_end: every offset of the
+# second half skipped, so no event arrives after the gap to show it (found at the assignment)
+AHEAD = {"committed_ahead": (7, 0), "committed_far_ahead": (1500, 500),
+         "committed_to_end": (10**9, 0)}
 
 
-@pytest.mark.parametrize("how", ["sigkill", "committed_ahead", "committed_far_ahead"])
+@pytest.mark.parametrize("how", ["sigkill", *AHEAD])
 def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
         kafka_broker, kafka_topics, worker, tmp_path, how):
     """``committed_ahead``: the first worker stops gracefully, and then the group's committed
@@ -145,3 +147,31 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
                    if name == "riskstream_input_gaps_total" and ("outcome", "refetched") in labels)
         assert gaps >= 1, second.log_tail()
     print(f"\nreplacement ready after {recovery_s:.1f}s")
+
+
+# -- where an input partition's reading stands (agents.events.read_position) -------------------
+def test_read_position_seeks_a_silent_gap_again_and_never_marks_it_caught_up():
+    from agents.events import REFETCH_RETRY_S, read_position
+
+    retry = REFETCH_RETRY_S
+    # (position, committed, earliest, highwater, expected, refetching, refetch_age_s, idle_s)
+    # a normal partition: read from its last event, or from its committed offset
+    assert read_position(120, 100, 0, 150, 120, False, 0.0, 99.0) == (120, None)
+    assert read_position(None, 100, 0, 100, 100, False, 0.0, 99.0) == (100, None)
+    assert read_position(None, None, 7, 7, -1, False, 0.0, 99.0) == (7, None)
+    # a gap being fetched again reads up to the state's offset (not caught up: 80 < the
+    # highwater), and is sought again once nothing of it came for the retry time
+    assert read_position(None, 100, 0, 150, 80, True, 0.0, 99.0) == (80, None)
+    assert read_position(95, 100, 0, 150, 80, True, retry - 0.1, 99.0) == (80, None)
+    assert read_position(95, 100, 0, 150, 80, True, retry, 99.0) == (80, 80)
+    # nothing read since the assignment, the broker holds offsets past the state's: reading at
+    # the state's offset (lag counts from there, not caught up); if nothing comes, the consumer
+    # is elsewhere (its committed offset ran ahead of the state, or the worker's own checkpoint
+    # committed the state's offsets behind it): sought there. Whatever the committed offset says.
+    for committed in (150, 80, None):
+        assert read_position(None, committed, 0, 150, 80, False, 0.0, retry - 0.1) == (80, None)
+        assert read_position(None, committed, 0, 150, 80, False, 0.0, retry) == (80, 80)
+    # ... unless the broker no longer holds those offsets (retention): nothing to fetch there
+    assert read_position(None, 150, 90, 150, 80, False, 0.0, 99.0) == (150, None)
+    # state ahead of the commit (a crash between flush and commit): nothing past it to read
+    assert read_position(None, 100, 0, 130, 130, False, 0.0, 99.0) == (100, None)
