@@ -35,7 +35,7 @@ log = logging.getLogger("riskstream.agents")
 
 INPUT_IDLE_S = 2.0
 MAX_REFETCHES = 20  # batches whose gap re-fetch starts past it; then its offsets count as gone
-REFETCH_RETRY_S = 10.0  # a gap's re-fetch of which nothing arrived this long is sought again
+REFETCH_RETRY_S = 10.0  # an input partition with unread offsets silent this long is sought again
 CHECKPOINT_POLL_S = 0.25  # the agent looks at least this often whether a checkpoint is due
 
 
@@ -325,7 +325,7 @@ def register_agents(ra: Any) -> None:
             # closes nothing (emitted all the same).
             reachable = highwaters is not None and now - asked <= INPUT_IDLE_S
             outputs = []
-            resume: list[tuple[Any, int, int | None]] = []  # (tp, the state's offset, committed)
+            resume: list[tuple[Any, int, int | None]] = []  # (stalled tp, its next offset, committed)
             for tp in tps:
                 source = source_of[tp.topic][0]
                 if not reachable:
@@ -345,29 +345,21 @@ def register_agents(ra: Any) -> None:
                 if seek is not None:
                     if tp in refetch:
                         refetch_sought[tp] = now
-                        resume.append((tp, seek, None))
                     else:
                         last_active[tp] = now
-                        resume.append((tp, seek, committed))
+                    resume.append((tp, seek, committed))
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source, True)
-            for tp, expected, committed in resume:
-                if committed is None:
-                    metrics.input_gaps.labels(tp.topic, "refetch_retried").inc()
-                    log.warning("input gap: nothing of the re-fetch of %s[%d] from %d came in "
-                                "%.0f s; fetching again", tp.topic, tp.partition, expected,
-                                REFETCH_RETRY_S)
-                else:
-                    metrics.input_gaps.labels(tp.topic, "refetched").inc()
-                    log.warning("input gap: %s[%d] (committed %s) holds events from %d, where "
-                                "the state is, and none came in %.0f s since the assignment; "
-                                "fetching again", tp.topic, tp.partition, committed, expected,
-                                REFETCH_RETRY_S)
+            for tp, offset, committed in resume:
+                metrics.input_gaps.labels(tp.topic, "stalled").inc()
+                log.warning("input %s[%d] stalled: nothing came in %.0f s although the broker "
+                            "holds offset %d, where the state is (committed %s); fetching again",
+                            tp.topic, tp.partition, REFETCH_RETRY_S, offset, committed)
                 try:
-                    await consumer.seek(tp, expected)
+                    await consumer.seek(tp, offset)
                 except Exception as exc:  # revoked meanwhile: the next owner starts from state
-                    log.warning("could not seek %s to %d: %s", tp, expected, exc)
+                    log.warning("could not seek %s to %d: %s", tp, offset, exc)
             if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
         metrics.active_advertisers.set(engine.active_advertisers())
@@ -427,26 +419,30 @@ def read_position(position: int | None, committed: int | None, earliest: int, hi
     the state expects (-1: none yet); ``refetching``: a gap of it is being fetched again, sought
     ``refetch_age_s`` ago; ``idle_s``: time since its last event (or its assignment).
 
-    * A gap being fetched again is read up to ``expected`` only: never caught up before the
-      re-fetch arrives (or its windows would close and the re-fetched events come late). If
-      nothing of it came for REFETCH_RETRY_S it is sought again: whatever swallowed the re-fetch
-      (a seek of Faust's own at the end of a recovery, records of an older consumer
-      generation), the partition must not stall with its events unprocessed.
-    * Nothing read since the assignment although the broker holds offsets past the state's
-      (``earliest <= expected < highwater``): the reading is at ``expected``, not caught up. If
-      nothing came for REFETCH_RETRY_S the consumer is not reading them -- its committed
-      offset ran ahead of the state, and no event past the gap came to show the agent's gap
-      rule -- so it is sought to ``expected`` (again every REFETCH_RETRY_S while nothing comes).
-      Not the committed offset: the worker's own checkpoint commits the state's offsets, which
-      hides the gap from it.
+    The next offset is the state's, not the committed offset's, until an event is read: a gap
+    being fetched again is read up to ``expected`` (never caught up before the re-fetch arrives,
+    or its windows would close and the re-fetched events come late); a partition with nothing
+    read since the assignment stands at ``expected`` too (its committed offset may have run
+    ahead of the state, and the worker's own checkpoint commits the state's offsets anyway).
+
+    A partition is *stalled* when the broker holds the offset it needs next and nothing came
+    for REFETCH_RETRY_S (since the re-fetch's seek, for a gap): it is sought there, and again
+    every REFETCH_RETRY_S while nothing comes. Whatever held it up -- a re-fetch swallowed by a
+    seek of Faust's own at the end of a recovery, a committed offset ahead of the state with no
+    later event to show the agent's gap rule, a record the fetch loop never delivered -- the
+    partition must not stall with events unprocessed (docs/faults.md, "Partitions never stall
+    unread"). A seek that was not needed costs a re-fetch, never an event.
     """
     if refetching and expected >= 0:
-        return expected, (expected if refetch_age_s >= REFETCH_RETRY_S else None)
-    if position is not None:
-        return position, None
-    if earliest <= expected < highwater:
-        return expected, (expected if idle_s >= REFETCH_RETRY_S else None)
-    return (committed if committed is not None else earliest), None
+        nxt, quiet = expected, refetch_age_s
+    elif position is not None:
+        nxt, quiet = position, idle_s
+    elif expected >= earliest and expected >= 0:  # (below earliest: gone by retention)
+        nxt, quiet = expected, idle_s
+    else:
+        nxt, quiet = (committed if committed is not None else earliest), idle_s
+    stalled = earliest <= nxt < highwater and quiet >= REFETCH_RETRY_S
+    return nxt, (nxt if stalled else None)
 
 
 def aiokafka_security(settings: Any) -> dict[str, Any]:

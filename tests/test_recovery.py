@@ -150,28 +150,34 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
 
 
 # -- where an input partition's reading stands (agents.events.read_position) -------------------
-def test_read_position_seeks_a_silent_gap_again_and_never_marks_it_caught_up():
+def test_read_position_seeks_a_stalled_partition_and_never_marks_a_gap_caught_up():
     from agents.events import REFETCH_RETRY_S, read_position
 
     retry = REFETCH_RETRY_S
     # (position, committed, earliest, highwater, expected, refetching, refetch_age_s, idle_s)
-    # a normal partition: read from its last event, or from its committed offset
-    assert read_position(120, 100, 0, 150, 120, False, 0.0, 99.0) == (120, None)
+    # reading: from its last event; before any, from the state's offset, else the committed one
+    assert read_position(120, 100, 0, 150, 120, False, 0.0, 1.0) == (120, None)
     assert read_position(None, 100, 0, 100, 100, False, 0.0, 99.0) == (100, None)
+    assert read_position(None, 100, 0, 150, 130, False, 0.0, 1.0) == (130, None)
     assert read_position(None, None, 7, 7, -1, False, 0.0, 99.0) == (7, None)
+    # caught up (next offset = highwater) or state ahead of the broker: nothing to seek
+    assert read_position(150, 150, 0, 150, 150, False, 0.0, 99.0) == (150, None)
+    assert read_position(None, 100, 0, 130, 130, False, 0.0, 99.0) == (130, None)
     # a gap being fetched again reads up to the state's offset (not caught up: 80 < the
     # highwater), and is sought again once nothing of it came for the retry time
     assert read_position(None, 100, 0, 150, 80, True, 0.0, 99.0) == (80, None)
     assert read_position(95, 100, 0, 150, 80, True, retry - 0.1, 99.0) == (80, None)
-    assert read_position(95, 100, 0, 150, 80, True, retry, 99.0) == (80, 80)
+    assert read_position(95, 100, 0, 150, 80, True, retry, 0.0) == (80, 80)
     # nothing read since the assignment, the broker holds offsets past the state's: reading at
-    # the state's offset (lag counts from there, not caught up); if nothing comes, the consumer
-    # is elsewhere (its committed offset ran ahead of the state, or the worker's own checkpoint
-    # committed the state's offsets behind it): sought there. Whatever the committed offset says.
+    # the state's offset; if nothing comes, the consumer is elsewhere (its committed offset ran
+    # ahead of the state, or the worker's own checkpoint committed the state's offsets behind
+    # it): sought there, whatever the committed offset says
     for committed in (150, 80, None):
         assert read_position(None, committed, 0, 150, 80, False, 0.0, retry - 0.1) == (80, None)
         assert read_position(None, committed, 0, 150, 80, False, 0.0, retry) == (80, 80)
-    # ... unless the broker no longer holds those offsets (retention): nothing to fetch there
+    # a partition whose next record never came (lag 1 for good): sought to it
+    assert read_position(149, 149, 0, 150, 149, False, 0.0, retry - 0.1) == (149, None)
+    assert read_position(149, 149, 0, 150, 149, False, 0.0, retry) == (149, 149)
+    # ... unless the broker no longer holds the state's offset (retention): nothing to fetch
+    # there, the reading stands at the committed offset (here caught up)
     assert read_position(None, 150, 90, 150, 80, False, 0.0, 99.0) == (150, None)
-    # state ahead of the commit (a crash between flush and commit): nothing past it to read
-    assert read_position(None, 100, 0, 130, 130, False, 0.0, 99.0) == (100, None)
