@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from app.eos import ExactlyOnce
-from app.transport import commit_offsets, event_batches
+from app.transport import ack_events, commit_offsets, event_batches
 from riskstream.engine import ModelConfig
 from riskstream.events import (InvalidEvent, dead_letter_record, validate_decision,
                                validate_feedback, validate_impression)
@@ -35,6 +35,7 @@ log = logging.getLogger("riskstream.agents")
 
 INPUT_IDLE_S = 2.0
 MAX_REFETCHES = 20  # batches whose gap re-fetch starts past it; then its offsets count as gone
+REFETCH_RETRY_S = 10.0  # an input partition with unread offsets silent this long is sought again
 CHECKPOINT_POLL_S = 0.25  # the agent looks at least this often whether a checkpoint is due
 
 
@@ -56,13 +57,21 @@ def register_agents(ra: Any) -> None:
                  "score": topics["scores"]}
     eos = ExactlyOnce(ra) if settings.processing_guarantee == "exactly_once" else None
 
+    topic_names: dict[Any, str] = {}
+
     async def send(topic: Any, partition: int, key: bytes | None, value: bytes) -> None:
         """at_least_once: produce now; exactly_once: held for the partition's transaction at
         the next checkpoint (app/eos.py)."""
+        name = topic_names.get(topic)
+        if name is None:
+            name = topic_names[topic] = topic.get_topic_name()
         if eos is None:
-            await topic.send(key=key, value=value)
+            # Straight to the producer, as ``topic.send`` ends up doing for raw bytes (the
+            # partition from the key; delivered before the checkpoint acks, by its flush),
+            # without Faust's per-message FutureMessage, codec and sensor steps.
+            await app.producer.send(name, key, value, None, None, None)
         else:
-            eos.add(partition, topic.get_topic_name(), key, value)
+            eos.add(partition, name, key, value)
 
     async def emit(outputs: list) -> None:
         now = time.time()
@@ -124,8 +133,7 @@ def register_agents(ra: Any) -> None:
             except Exception as exc:  # the next checkpoint commits again (at-least-once)
                 log.warning("offset commit failed: %s", exc)
         if pending:
-            for event in pending:
-                event.message.ack(consumer)
+            ack_events(consumer, pending)  # as event.message.ack(consumer) for each, at once
             pending.clear()
 
     def checkpoint_due() -> bool:
@@ -161,6 +169,11 @@ def register_agents(ra: Any) -> None:
     # committed offsets at the end of a table recovery; docs/faults.md, "The scale test's flake
     # under load"), so the gap is fetched again; after MAX_REFETCHES the offsets count as gone
     refetched_past: dict[Any, int] = {}
+    # tp -> monotonic time of the latest seek for its gap. A re-fetch of which nothing arrives
+    # for REFETCH_RETRY_S is sought again (track_inputs): whatever swallowed it -- a seek of
+    # Faust's own at the end of a recovery, records dropped for an older consumer generation --
+    # the partition must not stall with its events unprocessed (tests/test_scale.py once did).
+    refetch_sought: dict[Any, float] = {}
 
     async def offsets_exist(tp: Any, expected: int) -> bool:
         tries = refetched_past[tp] = refetched_past.get(tp, 0) + 1
@@ -185,6 +198,10 @@ def register_agents(ra: Any) -> None:
             replayed = 0
             seek_to: dict[Any, int] = {}
             held: set[Any] = set()  # partitions whose re-fetch this batch fetches again
+            # per event below: bound once per batch (the loop is the worker's hot path)
+            next_offset, note_offset = engine.next_offset, engine.note_offset
+            applied, process = engine.applied_to_advertiser, engine.process
+            add_pending = pending.append
             for event in batch:
                 msg = event.message
                 tp = msg.tp
@@ -192,7 +209,7 @@ def register_agents(ra: Any) -> None:
                     untrack(msg)  # revoked mid-batch: not acknowledged, the new owner reads it
                     continue
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
-                expected = engine.next_offset(partition, topic)
+                expected = next_offset(partition, topic)
                 if offset > expected >= 0:
                     seen = refetch.get(tp)
                     if seen is None or offset > seen:  # a gap, or the run fetched behind it
@@ -216,19 +233,21 @@ def register_agents(ra: Any) -> None:
                         continue
                     del refetch[tp]
                     refetched_past.pop(tp, None)
+                    refetch_sought.pop(tp, None)
                     metrics.input_gaps.labels(topic, "missing").inc()
                     log.warning("input offsets %d-%d of %s[%d] do not exist (retention or "
                                 "transaction markers)", expected, offset - 1, topic, partition)
                 elif refetch:
                     if refetch.pop(tp, None) is not None:  # the re-fetch arrived
                         refetched_past.pop(tp, None)
-                pending.append(event)
+                        refetch_sought.pop(tp, None)
+                add_pending(event)
                 positions[tp] = offset + 1
                 last_active[tp] = now
                 if offset < expected:
                     replayed += 1  # already in the restored state: do not count it twice
                     continue
-                engine.note_offset(partition, topic, offset + 1)
+                note_offset(partition, topic, offset + 1)
                 source, validate = source_of[topic]
                 raw = event.value if event.value is not None else b""
                 try:
@@ -237,8 +256,7 @@ def register_agents(ra: Any) -> None:
                     consumed[topic] = consumed.get(topic, 0) + 1
                     await dead_letter(msg, raw, exc, now_ms)
                     continue
-                if engine.applied_to_advertiser(partition, ev["advertiser_id"], topic,
-                                                offset):
+                if applied(partition, ev["advertiser_id"], topic, offset):
                     replayed += 1
                     continue
                 consumed[topic] = consumed.get(topic, 0) + 1
@@ -248,7 +266,7 @@ def register_agents(ra: Any) -> None:
                     record_decision(ev)
                     continue
                 try:
-                    outputs = engine.process(ev, partition, caught_up=False, position=where)
+                    outputs = process(ev, partition, caught_up=False, position=where)
                 except InvalidEvent as exc:  # late_event
                     await dead_letter(msg, raw, exc, now_ms)
                     continue
@@ -259,6 +277,7 @@ def register_agents(ra: Any) -> None:
             if replayed:
                 metrics.events_replayed_skipped.inc(replayed)
             for tp, offset in seek_to.items():
+                refetch_sought[tp] = time.monotonic()
                 try:
                     await consumer.seek(tp, offset)
                 except Exception as exc:  # revoked meanwhile: the next owner starts from the state
@@ -306,6 +325,7 @@ def register_agents(ra: Any) -> None:
             # closes nothing (emitted all the same).
             reachable = highwaters is not None and now - asked <= INPUT_IDLE_S
             outputs = []
+            resume: list[tuple[Any, int, int | None]] = []  # (stalled tp, its next offset, committed)
             for tp in tps:
                 source = source_of[tp.topic][0]
                 if not reachable:
@@ -317,13 +337,29 @@ def register_agents(ra: Any) -> None:
                 hw = highwaters.get(tp)
                 if hw is None or tp not in assignment:
                     continue
-                nxt = positions.get(tp)
-                if nxt is None:
-                    committed = consumer._committed_offset.get(tp)
-                    nxt = committed if committed is not None else earliest.get(tp, 0)
+                committed = consumer._committed_offset.get(tp)
+                nxt, seek = read_position(
+                    positions.get(tp), committed, earliest.get(tp, 0), hw,
+                    engine.next_offset(tp.partition, tp.topic), tp in refetch,
+                    now - refetch_sought.get(tp, now), now - idle_since)
+                if seek is not None:
+                    if tp in refetch:
+                        refetch_sought[tp] = now
+                    else:
+                        last_active[tp] = now
+                    resume.append((tp, seek, committed))
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - nxt, 0))
                 if nxt >= hw and now - idle_since >= INPUT_IDLE_S:
                     outputs += engine.set_caught_up(tp.partition, source, True)
+            for tp, offset, committed in resume:
+                metrics.input_gaps.labels(tp.topic, "stalled").inc()
+                log.warning("input %s[%d] stalled: nothing came in %.0f s although the broker "
+                            "holds offset %d, where the state is (committed %s); fetching again",
+                            tp.topic, tp.partition, REFETCH_RETRY_S, offset, committed)
+                try:
+                    await consumer.seek(tp, offset)
+                except Exception as exc:  # revoked meanwhile: the next owner starts from state
+                    log.warning("could not seek %s to %d: %s", tp, offset, exc)
             if outputs:  # the closed windows' state goes with the next checkpoint
                 await emit(outputs)
         metrics.active_advertisers.set(engine.active_advertisers())
@@ -360,6 +396,7 @@ def register_agents(ra: Any) -> None:
         for tp in revoked:
             refetch.pop(tp, None)
             refetched_past.pop(tp, None)
+            refetch_sought.pop(tp, None)
             if tp.topic in input_names:
                 positions.pop(tp, None)
                 earliest.pop(tp, None)
@@ -368,6 +405,44 @@ def register_agents(ra: Any) -> None:
                     metrics.consumer_lag.remove(tp.topic, str(tp.partition))
                 except KeyError:
                     pass
+
+
+def read_position(position: int | None, committed: int | None, earliest: int, highwater: int,
+                  expected: int, refetching: bool, refetch_age_s: float, idle_s: float
+                  ) -> tuple[int, int | None]:
+    """Where an input partition's reading stands, for its lag and caught-up mark, and where to
+    seek it, if anywhere: ``(next offset, offset to seek to or None)``.
+
+    ``position``: the next offset after the last event the agent accepted since the assignment
+    (None: none yet); ``committed``: the group's committed offset; ``earliest``: the first offset
+    the broker holds; ``highwater``: the offset after its last; ``expected``: the next offset
+    the state expects (-1: none yet); ``refetching``: a gap of it is being fetched again, sought
+    ``refetch_age_s`` ago; ``idle_s``: time since its last event (or its assignment).
+
+    The next offset is the state's, not the committed offset's, until an event is read: a gap
+    being fetched again is read up to ``expected`` (never caught up before the re-fetch arrives,
+    or its windows would close and the re-fetched events come late); a partition with nothing
+    read since the assignment stands at ``expected`` too (its committed offset may have run
+    ahead of the state, and the worker's own checkpoint commits the state's offsets anyway).
+
+    A partition is *stalled* when the broker holds the offset it needs next and nothing came
+    for REFETCH_RETRY_S (since the re-fetch's seek, for a gap): it is sought there, and again
+    every REFETCH_RETRY_S while nothing comes. Whatever held it up -- a re-fetch swallowed by a
+    seek of Faust's own at the end of a recovery, a committed offset ahead of the state with no
+    later event to show the agent's gap rule, a record the fetch loop never delivered -- the
+    partition must not stall with events unprocessed (docs/faults.md, "Partitions never stall
+    unread"). A seek that was not needed costs a re-fetch, never an event.
+    """
+    if refetching and expected >= 0:
+        nxt, quiet = expected, refetch_age_s
+    elif position is not None:
+        nxt, quiet = position, idle_s
+    elif expected >= earliest and expected >= 0:  # (below earliest: gone by retention)
+        nxt, quiet = expected, idle_s
+    else:
+        nxt, quiet = (committed if committed is not None else earliest), idle_s
+    stalled = earliest <= nxt < highwater and quiet >= REFETCH_RETRY_S
+    return nxt, (nxt if stalled else None)
 
 
 def aiokafka_security(settings: Any) -> dict[str, Any]:

@@ -71,15 +71,32 @@ class TableStore:
 
     async def flush(self) -> int:
         """Send the changelog records written since the last flush; return once the broker has
-        acknowledged all of them (raises if one failed). Returns the number sent."""
+        acknowledged all of them (raises if one failed). Returns the number sent.
+
+        Each partition's records go as aiokafka record batches (``create_batch`` /
+        ``send_batch``: one delivery future per batch instead of one per record, in order
+        within the partition), the partitions concurrently."""
         unsent = self.take_unsent()
         if not unsent:
             return 0
-        producer = self.table.app.producer
+        producer = self.table.app.producer._ensure_producer()  # the AIOKafkaProducer
         topic = self.topic_name
-        send = producer.send
-        pending = [await send(topic, orjson.dumps(key), value, partition=partition,
-                              timestamp=None, headers=None)
-                   for partition, key, value in unsent]
-        await asyncio.gather(*pending)
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for partition, key, value in unsent:
+            by_partition.setdefault(partition, []).append((orjson.dumps(key), value))
+
+        async def send_partition(partition: int, records: list) -> None:
+            delivered = []
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"changelog record {key!r} does not fit a batch")
+            delivered.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*delivered)
+
+        await asyncio.gather(*(send_partition(p, records)
+                               for p, records in by_partition.items()))
         return len(unsent)

@@ -29,7 +29,8 @@ Every figure function is importable (``bare_loop``, ``faust_noop``, ``worker_thr
 settings, profile=...)`` runs them all. ``python -m app.bench noop|state ...`` are the helper
 subprocesses; ``python -m app.bench backtest [--against REV]`` measures the backtest figure alone
 (no broker), optionally against a git revision's code in the same run (``--sparse A``: the
-sparse-advertiser replay instead, A advertisers with a window per event).
+sparse-advertiser replay instead, A advertisers with a window per event); ``python -m app.bench
+worker [--against REV]`` the worker figure alone over one topic set, likewise alternating.
 Every process the harness starts is stopped (SIGTERM, then SIGKILL) by PID, also on
 errors and Ctrl-C; they also get SIGTERM from the kernel if the harness dies (PR_SET_PDEATHSIG).
 """
@@ -1161,64 +1162,157 @@ def backtest_against(rev: str | None, n: int, advertisers: int, base_rate: float
     instead of the simulated ``n`` events."""
     child = ([_SPARSE_CHILD, str(sparse)] if sparse else
              [_BACKTEST_CHILD, str(n), str(advertisers), str(base_rate)])
-    root = Path(__file__).resolve().parents[1]
-    trees = {"this tree": root}
-    tmp = None
-    if rev:
-        tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-rev-"))
-        archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-        trees = {rev: tmp, "this tree": root}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    try:
-        for i in range(rounds):
-            for name, tree in trees.items():
-                env = {**os.environ, "PYTHONPATH": str(tree)}
-                out = subprocess.run([sys.executable, "-c", *child], cwd=tree, env=env,
-                                     check=True, capture_output=True, text=True, timeout=900)
-                fig = json.loads(out.stdout.strip().splitlines()[-1])
-                runs[name].append(fig)
-                log(f"round {i + 1} {name}: {fig['events_per_s']:,.0f} events/s, "
-                    f"{fig['events_per_cpu_s']:,.0f} events/CPU-s, {fig['alerts']} alerts")
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def measure(tree: Path) -> dict[str, Any]:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        out = subprocess.run([sys.executable, "-c", *child], cwd=tree, env=env,
+                             check=True, capture_output=True, text=True, timeout=900)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     result: dict[str, Any] = {"events": n, "advertisers": advertisers, "base_rate": base_rate,
-                              "sparse": sparse, "runs": runs}
-    if rev:
-        for key in ("events_per_s", "events_per_cpu_s"):
-            ratios = sorted(new[key] / old[key] for new, old in zip(runs["this tree"], runs[rev]))
-            result[f"ratio_{key}"] = {"per_round": [round(r, 3) for r in ratios],
-                                      "median": round(ratios[len(ratios) // 2], 3)}
+                              "sparse": sparse}
+    result.update(alternate_trees(rev, rounds, measure))
     return result
 
 
-def _backtest_main(argv: list[str]) -> int:
+@contextlib.contextmanager
+def _trees(rev: str | None) -> Iterator[dict[str, Path]]:
+    """{"this tree": its root}, and with ``rev`` first {rev: a ``git archive`` of it in a temp
+    dir}, removed afterwards."""
+    root = Path(__file__).resolve().parents[1]
+    if not rev:
+        yield {"this tree": root}
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-rev-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        yield {rev: tmp, "this tree": root}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def alternate_trees(rev: str | None, rounds: int, measure: Callable[[Path], dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """``measure(tree)`` for this tree and (with ``rev``) that revision's, alternating round by
+    round so both see the same machine load: ``{"runs": {name: [figures]}}`` and with ``rev``
+    ``ratio_events_per_s`` / ``ratio_events_per_cpu_s`` (this tree / rev, per round sorted, and
+    the median)."""
+    with _trees(rev) as trees:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for i in range(rounds):
+            for name, tree in trees.items():
+                fig = measure(tree)
+                runs[name].append(fig)
+                log(f"round {i + 1} {name}: {fig['events_per_s']:,.0f} events/s, "
+                    f"{fig['events_per_cpu_s'] or 0:,.0f} events/CPU-s")
+    result: dict[str, Any] = {"runs": runs}
+    if rev:
+        for key in ("events_per_s", "events_per_cpu_s"):
+            ratios = sorted(new[key] / old[key] for new, old in zip(runs["this tree"], runs[rev])
+                            if new[key] and old[key])
+            if ratios:
+                result[f"ratio_{key}"] = {"per_round": [round(r, 3) for r in ratios],
+                                          "median": round(ratios[len(ratios) // 2], 3)}
+    return result
+
+
+def _against_parser(what: str, description: str, events: int) -> argparse.ArgumentParser:
+    """The options ``python -m app.bench backtest|worker`` share."""
     quick = PROFILES["quick"]
-    p = argparse.ArgumentParser(
-        prog="python -m app.bench backtest",
-        description="only the backtest figure (no broker); with --against REV, also that git "
-                    "revision's, alternating, and the ratios")
-    p.add_argument("--events", type=int, default=quick.backtest_events)
+    p = argparse.ArgumentParser(prog=f"python -m app.bench {what}", description=description)
+    p.add_argument("--events", type=int, default=events)
     p.add_argument("--advertisers", type=int, default=quick.advertisers)
     p.add_argument("--base-rate", type=float, default=quick.base_rate)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--against", metavar="REV", help="git revision to compare with")
+    p.add_argument("--json", dest="json_path")
+    return p
+
+
+def _backtest_main(argv: list[str]) -> int:
+    p = _against_parser("backtest", "only the backtest figure (no broker); with --against REV, "
+                        "also that git revision's, alternating, and the ratios",
+                        PROFILES["quick"].backtest_events)
     p.add_argument("--sparse", type=int, default=0, metavar="ADVERTISERS",
                    help="instead: the sparse-advertiser replay, 3 events (3 windows) each")
-    p.add_argument("--json", dest="json_path")
     a = p.parse_args(argv)
     res = backtest_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds,
                            a.sparse)
+    _print_against(res, a.json_path)
+    return 0
+
+
+def _print_against(res: dict[str, Any], json_path: str | None) -> None:
     for key in ("ratio_events_per_s", "ratio_events_per_cpu_s"):
         if key in res:
             print(f"{key}: median {res[key]['median']} (rounds {res[key]['per_round']})")
-    best = max(res["runs"]["this tree"], key=lambda f: f["events_per_cpu_s"])
-    print(f"this tree, best round: {best['events_per_s']:,.0f} events/s, "
-          f"{best['events_per_cpu_s']:,.0f} events/CPU-s")
-    if a.json_path:
-        Path(a.json_path).write_text(json.dumps(res, indent=2) + "\n")
+    for name, figs in res["runs"].items():
+        best = max(figs, key=lambda f: f["events_per_cpu_s"] or 0)
+        eps = sorted(f["events_per_s"] for f in figs)
+        cpu = sorted(f["events_per_cpu_s"] or 0 for f in figs)
+        print(f"{name}: median {eps[len(eps) // 2]:,.0f} events/s, {cpu[len(cpu) // 2]:,.0f} "
+              f"events/CPU-s; best round {best['events_per_s']:,.0f} events/s, "
+              f"{best['events_per_cpu_s'] or 0:,.0f} events/CPU-s")
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+
+
+def worker_against(rev: str | None, n: int, advertisers: int, base_rate: float, rounds: int,
+                   bootstrap: str | None = None, worker_env: dict[str, str] | None = None,
+                   broker_kind: str = "apache") -> dict[str, Any]:
+    """The worker figure (:func:`worker_throughput`) of this tree, and with ``rev`` of that git
+    revision's code (``PYTHONPATH`` to a ``git archive``), alternating round by round over ONE
+    pre-produced topic set, each run a fresh worker (new app id: reads it all from the start).
+    Starts Apache Kafka unless ``bootstrap`` is given."""
+    from app import brokers
+    from app.topics import apply_topics
+
+    workdir = Path(tempfile.mkdtemp(prefix="riskstream-bench-worker-"))
+    procs = Processes()
+    broker = None
+    try:
+        if not bootstrap:
+            broker = brokers.start_apache_kafka(workdir / "broker", die_with_parent=True)
+            bootstrap = broker.bootstrap
+        prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+        apply_topics(bootstrap, prefix)
+        produced = produce_topic_set(bootstrap, prefix, n, advertisers=advertisers,
+                                     base_rate=base_rate)
+        count = produced["events"]
+
+        def measure(tree: Path) -> dict[str, Any]:
+            fig, w = worker_throughput(procs, bootstrap, prefix, count, workdir / "worker",
+                                       broker_kind=broker_kind,
+                                       worker_env={"PYTHONPATH": str(tree),
+                                                   **(worker_env or {})})
+            procs.stop(w.proc)
+            return fig
+
+        result: dict[str, Any] = {"events": count, "advertisers": advertisers,
+                                  "base_rate": base_rate, "worker_env": worker_env or {}}
+        result.update(alternate_trees(rev, rounds, measure))
+        return result
+    finally:
+        procs.stop_all()
+        if broker is not None:
+            brokers.stop(broker)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _worker_main(argv: list[str]) -> int:
+    p = _against_parser("worker", "only the worker figure over one pre-produced topic set; "
+                        "with --against REV, also that git revision's worker, alternating, "
+                        "and the ratios", PROFILES["quick"].events)
+    p.add_argument("--bootstrap", help="a running broker (default: start Apache Kafka)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a worker setting for every run (repeatable)")
+    a = p.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in a.env)
+    res = worker_against(a.against, a.events, a.advertisers, a.base_rate, a.rounds,
+                         a.bootstrap, env)
+    _print_against(res, a.json_path)
     return 0
 
 
@@ -1646,9 +1740,12 @@ def main(argv: list[str] | None = None) -> int:
         return _state_main(argv[1:])
     if argv and argv[0] == "backtest":
         return _backtest_main(argv[1:])
+    if argv and argv[0] == "worker":
+        return _worker_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m app.bench",
                                 description="run the benchmark (same as `riskstream bench`), "
-                                            "or a helper: noop ..., state N ..., backtest ...")
+                                            "or a helper: noop ..., state N ..., backtest ..., "
+                                            "worker ...")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", dest="json_path")

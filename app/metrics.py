@@ -31,7 +31,9 @@ class Metrics:
             "riskstream_input_gaps_total",
             "Input events delivered past an offset the state expected, by what followed: "
             "refetched (the partition was fetched again from the expected offset) or missing "
-            "(those offsets do not exist: retention, transaction markers).",
+            "(those offsets do not exist: retention, transaction markers); stalled: a partition "
+            "with unread offsets from which nothing came for 10 s, sought again to the next "
+            "offset its state needs.",
             ["topic", "outcome"], registry=registry)
         self.events_late = Counter(
             "riskstream_events_late_total", "Events whose window had already closed", ["topic"],

@@ -30,6 +30,12 @@ aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test
    revocation (seen as a stalled partition in tests/test_transport.py). Commits come from
    Faust's commit timer (``broker_commit_interval``), rebalances and shutdown. Everything
    else -- gap tracking, read offsets, stop and cancel handling -- is Faust's code.
+   Since session 4 the loop also inlines ``Consumer.getmany`` (no async-generator step per
+   record) and puts a message whose partition feeds exactly one :class:`RawSchema` channel
+   straight on that channel's queue (:func:`_direct_delivery`: the Event the callback would
+   build, the same pressure callbacks), skipping the Conductor callback's coroutine, lock,
+   flow/ebb awaits and decode; whether that can block is checked after every await of the
+   loop rather than per message (nothing it depends on changes in between).
 2. ``fetch_max_wait_ms`` is :data:`FETCH_MAX_WAIT_MS` instead of the 1,500 ms Faust hard-codes:
    aiokafka keeps one fetch in flight per broker, and a long-poll that only covers idle
    partitions (changelogs, caught-up inputs) otherwise stalls partitions that have data.
@@ -38,7 +44,8 @@ aiokafka 0.14.0 and mode-streaming 0.7.1 (``PINNED``; an upgrade fails that test
    Prometheus metrics of ``app.metrics``); the per-message hooks are no-ops.
 
 And the agents read their input with :func:`event_batches` instead of ``Stream.noack_take``,
-which runs every event through the stream's iterator, a processor and a passive drainer task.
+which runs every event through the stream's iterator, a processor and a passive drainer task;
+it takes whatever is queued at once (:func:`take_queued`).
 
 Delivery: messages are still tracked as unacked, acknowledged by the agent only after its
 checkpoint, and committed by Faust's own commit path; messages of an older consumer generation
@@ -57,13 +64,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, AsyncIterator, Callable
 
 import faust
+from mode.utils.futures import notify
 from faust.sensors.monitor import Monitor
 from faust.transport import producer as faust_producer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import TP, ConsumerMessage, ack_lock
 from faust.types import EventT
 
 #: The versions this module was written and tested against (tests/test_transport.py).
@@ -72,6 +81,7 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "
 SCHEME = "riskstream"
 FETCH_MAX_WAIT_MS = 100
 GC_GEN0_THRESHOLD = 50_000
+MISSING = object()
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -109,21 +119,44 @@ class Consumer(faust_aiokafka.Consumer):
         self._seek_to[partition] = offset
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a thread loop
-        # A copy of faust.transport.consumer.Consumer._drain_messages (0.15.3); the changes
-        # are marked below: the fast path, and records fetched before a seek() are dropped.
+        # Faust 0.15.3's Consumer._drain_messages with Consumer.getmany inlined (one loop over
+        # the fetched records instead of an async generator step per record). Changes, marked
+        # "-- change" below: (1) a message for a partition whose only channel decodes with
+        # RawSchema is put on that channel's queue right here, when nothing can block (flow
+        # running, producer buffer below its limit, queue not full, the Conductor's index not
+        # being rebuilt); otherwise the Conductor callback runs as before (plain ``await`` when
+        # it cannot block, else Faust's ``wait_first``); (2) the partition's highwater is
+        # passed to the Monitor once per fetched batch, not per record; (3) no commit every
+        # ``broker_commit_every`` acks from this loop (see the module docstring); (4) records
+        # of a partition seek()ed since the fetch began are dropped (see :meth:`seek`).
+        app = self.app
         callback = self.callback
-        getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        acks_enabled_for = self.app.topics.acks_enabled_for
+        acks_enabled_for = app.topics.acks_enabled_for
         flow_suspended = self.suspend_flow.is_set
-        flow_active = self.app.flow_control.is_active
-        buffer = self.app.producer.buffer
-        tp_index = self.app.topics._tp_index  # tp -> the channels the Conductor feeds
+        app_flow_active = app.flow_control.is_active  # what the Conductor callback waits for
+        buffer = app.producer.buffer
+        conductor = app.topics
+        tp_index = conductor._tp_index  # tp -> the channels the Conductor feeds
+        index_lock = conductor._tp_to_callback_lock
+        iterate = self.scheduler.iterate
+        highwater = self.highwater
+        track_tp_end_offset = app.monitor.track_tp_end_offset
+        deliver_to = _direct_delivery(self, conductor)
+        targets: dict[Any, Any] = {}  # tp -> deliver_to(tp), valid until the next await
+
+        def deliverable() -> bool:
+            # Nothing the direct delivery or a non-blocking callback waits for can change
+            # until this loop awaits: checked after every await, not per message.
+            targets.clear()
+            return (app_flow_active() and not flow_suspended() and not index_lock.locked()
+                    and buffer.size <= buffer.max_messages)
+
         sleep = asyncio.sleep
         flag = CONSUMER_FETCHING
         yield_every = 100
@@ -132,26 +165,62 @@ class Consumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag)
-                # -- change: the seeks before this fetch began; a record of a partition
+                # -- change (4): the seeks before this fetch began; a record of a partition
                 # seeked since was (or may have been) fetched before that seek
                 seeks_before = dict(seeks)
                 reseeked: set[Any] = set()
                 # ------------------------------------------------------------------------
-                ait = cast(AsyncIterator, getmany(timeout=1.0))
                 await self.sleep(0)
                 if not self.should_stop:
-                    async for tp, message in ait:
+                    # -- Consumer.getmany, inlined --------------------------------------------
+                    records, active_partitions = await self._wait_next_records(1.0)
+                    generation_id = app.consumer_generation_id
+                    if records is None or self.should_stop:
+                        records = {}
+                    elif not self.flow_active:
+                        self.log.dev("getmany called while flow not active. "
+                                     "Seek back to committed offsets.")
+                        try:
+                            await self.perform_seek()
+                        except Exception as ex:
+                            self.log.warning(
+                                f"exception performing seek when flow not active {ex}")
+                        records = {}
+                    for tp in records:  # -- change (2)
+                        track_tp_end_offset(tp, highwater(tp))
+                    can_deliver = deliverable()
+                    for tp, record in iterate(records):
+                        if not self.flow_active:
+                            break
+                        if app.consumer_generation_id != generation_id:
+                            self.log.dev("Generation id changed from %r to %r. "
+                                         "Cancelling getmany.", generation_id,
+                                         app.consumer_generation_id)
+                            break
+                        if not (active_partitions is None or tp in active_partitions
+                                or tp in self._buffered_partitions):
+                            continue
+                        timestamp = record.timestamp
+                        message = ConsumerMessage(
+                            record.topic, record.partition, record.offset,
+                            None if timestamp is None else timestamp / 1000.0,
+                            record.timestamp_type, record.headers, record.key, record.value,
+                            record.checksum, record.serialized_key_size,
+                            record.serialized_value_size, tp, generation_id=generation_id)
+                        # -- the drain loop ---------------------------------------------------
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                            can_deliver = deliverable()
                         if seeks and seeks.get(tp) != seeks_before.get(tp):
-                            # -- change: dropped, undelivered, the read offset untouched. The
-                            # fetch may also have begun before the seek and read from its
+                            # -- change (4): dropped, undelivered, the read offset untouched.
+                            # The fetch may also have begun before the seek and read from its
                             # target: seek there once more, so those records come again.
                             if tp not in reseeked:
                                 reseeked.add(tp)
                                 await self._reseek(tp)
+                                can_deliver = deliverable()
                             continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
@@ -159,15 +228,30 @@ class Consumer(faust_aiokafka.Consumer):
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
-                            # -- the change: no wait_first when the callback cannot block ---
-                            if flow_active() and not flow_suspended() and not (
-                                    buffer.size > buffer.max_messages
-                                    or any(c.queue.full() for c in tp_index.get(tp, ()))):
-                                await callback(message)  # runs to its end without yielding
-                            else:  # it could wait: Faust's own handling
-                                await self.wait_first(callback(message),
-                                                      self.suspend_flow.wait())
-                            # ------------------------------------------------------------
+                                can_deliver = deliverable()
+                            # -- change (1) ---------------------------------------------------
+                            if can_deliver:
+                                to = targets.get(tp, MISSING)
+                                if to is MISSING:
+                                    to = targets[tp] = deliver_to(tp)
+                                if to is not None and not to[0].full():
+                                    queue, event_class, pressure_high, pressure_drop = to
+                                    message.refcount = 1  # Message.incref: one channel
+                                    queue.put_nowait_enhanced(
+                                        event_class(app, message.key, message.value,
+                                                    message.headers, message),
+                                        on_pressure_high=pressure_high,
+                                        on_pressure_drop=pressure_drop)
+                                    set_read_offset(tp, offset)
+                                    continue
+                                if not any(c.queue.full() for c in tp_index.get(tp, ())):
+                                    await callback(message)  # runs to its end, no yield
+                                    set_read_offset(tp, offset)
+                                    continue
+                            await self.wait_first(callback(message),
+                                                  self.suspend_flow.wait())
+                            can_deliver = deliverable()
+                            # -----------------------------------------------------------------
                             set_read_offset(tp, offset)
                     unset_flag(flag)
         except self.consumer_stopped_errors:
@@ -198,6 +282,46 @@ class Consumer(faust_aiokafka.Consumer):
         """aiokafka's seek on the consumer thread; Faust's read offset follows it."""
         await self._thread.seek_wait({tp: offset})
         self._read_offset[tp] = offset if offset else None
+
+
+def _direct_delivery(consumer: Any, conductor: Any) -> Callable[[Any], Any]:
+    """``tp -> (queue, event class, on_pressure_high, on_pressure_drop)`` when the Conductor
+    feeds ``tp`` to exactly one channel, decoded by :class:`RawSchema` (whose decode is only
+    ``Event(app, key, value, headers, message)``); else None. What the Conductor's callback
+    (``ConductorCompiler.build``, 0.15.3) does for such a message, minus its awaits: the
+    pressure callbacks are the same calls (sensor + ``on_buffer_full``, ``on_buffer_drop``),
+    built once per partition so that the queue recognises a pending drop callback. Rebuilt
+    when the Conductor rebuilds its callback for the partition (every assignment)."""
+    callbacks = conductor._tp_to_callback
+    tp_index = conductor._tp_index
+    on_topic_buffer_full = conductor.app.sensors.on_topic_buffer_full
+    cache: dict[Any, tuple[Any, Any]] = {}  # tp -> (the Conductor's callback, delivery)
+
+    def deliver_to(tp: Any) -> Any:
+        callback = callbacks.get(tp)
+        hit = cache.get(tp)
+        if hit is not None and hit[0] is callback:
+            return hit[1]
+        delivery = None
+        channels = tp_index.get(tp, ())
+        if callback is not None and len(channels) == 1:
+            (channel,) = channels
+            event_class = getattr(channel.decode, "raw_event_class", None)
+            if event_class is not None:
+                key = TP(tp.topic, tp.partition)  # Faust's TP: records carry aiokafka's
+
+                def pressure_high() -> None:
+                    on_topic_buffer_full(key)
+                    consumer.on_buffer_full(key)
+
+                def pressure_drop() -> None:
+                    consumer.on_buffer_drop(key)
+
+                delivery = (channel.queue, event_class, pressure_high, pressure_drop)
+        cache[tp] = (callback, delivery)
+        return delivery
+
+    return deliver_to
 
 
 class ProducerBuffer(faust_producer.ProducerBuffer):
@@ -275,6 +399,7 @@ class RawSchema(faust.Schema):
         async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
             return event_class(app, message.key, message.value, message.headers, message)
 
+        decode.raw_event_class = event_class  # type: ignore[attr-defined]  # direct delivery
         return decode
 
 
@@ -320,9 +445,7 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
     """
     channel = aiter(stream.channel)  # registers the iterator's queue with the Conductor
     queue = channel.queue
-    get_nowait = queue.get_nowait
     empty = queue.empty
-    errors = queue._errors
     consumer = app.consumer
     add_unacked: Callable[[Any], None] = consumer.unacked.add
     acking_topics = app.topics.acking_topics
@@ -330,32 +453,98 @@ async def event_batches(app: faust.App, stream: Any, max_events: int, idle_s: fl
     wait_for = asyncio.wait_for
     while not stream.should_stop:
         batch: list[EventT] = []
+        items = []
         if empty():
             try:
-                item = await wait_for(queue.get(), idle_s)
+                items.append(await wait_for(queue.get(), idle_s))
             except asyncio.TimeoutError:
                 yield batch
                 continue
             except StopAsyncIteration:  # the channel was closed (the agent is stopping)
                 return
-        else:
-            item = get_nowait()
-        while True:
+        items += take_queued(queue, max_events - len(items))
+        generation_id = app.consumer_generation_id
+        active = flow_active()
+        for item in items:
             if isinstance(item, EventT):
                 message = item.message
-                if not flow_active() or message.generation_id != app.consumer_generation_id:
+                if not active or message.generation_id != generation_id:
                     pass  # dropped unacknowledged: it is fetched again (see the docstring)
                 else:
                     if message.topic in acking_topics and not message.tracked:
                         message.tracked = True
                         add_unacked(message)
                     batch.append(item)
-            if errors:
-                raise errors.popleft()
-            if len(batch) >= max_events or empty():
-                break
-            item = get_nowait()
         yield batch
+
+
+def take_queued(queue: Any, n: int) -> list[Any]:
+    """What up to ``n`` calls of ``queue.get_nowait()`` return, taken at once (mode 0.7.1's
+    ``ThrowableQueue`` over CPython's ``asyncio.Queue``): a pending error is raised first, the
+    queue's pressure-drop check runs once (as the first ``get_nowait`` would; the next take,
+    or ``get()`` on the empty queue, runs the rest), and a blocked putter is woken per item."""
+    if queue._errors:
+        raise queue._errors.popleft()
+    queue.maybe_endorse_pressure_drop()
+    queued = queue._queue
+    if len(queued) <= n:
+        items = list(queued)
+        queued.clear()
+    else:
+        items = [queued.popleft() for _ in range(n)]
+    putters = queue._putters
+    if putters:
+        for _ in items:
+            queue._wakeup_next(putters)
+    return items
+
+
+def ack_events(consumer: Any, events: list[EventT]) -> int:
+    """Acknowledge ``events`` as ``event.message.ack(consumer)`` does for each (faust 0.15.3:
+    ``Message.ack`` -> ``ConsumerMessage.on_final_ack`` -> ``Consumer.ack``), in one pass: the
+    shared ack lock taken once instead of three times per message, and the consumer's
+    per-partition bookkeeping (acked offsets, unacked set) updated once per partition. Same
+    outcome per message: its reference count drops by one; at zero it is marked acked, and if
+    its topic is acknowledged and its offset not below the committed one nor acked already, it
+    leaves the unacked set and its offset is recorded for Faust's commit. Returns the number of
+    offsets recorded."""
+    by_tp: dict[Any, list[Any]] = {}
+    with ack_lock:
+        committed = consumer._committed_offset
+        acking_topics = consumer.app.topics.acking_topics
+        for event in events:
+            message = event.message
+            if message.acked:
+                continue
+            refcount = message.refcount = max(message.refcount - 1, 0)
+            if refcount:
+                continue
+            message.acked = True
+            if message.topic in acking_topics:
+                tp = message.tp
+                floor = committed[tp]
+                if floor is None or message.offset >= floor:
+                    if tp in by_tp:
+                        by_tp[tp].append(message)
+                    else:
+                        by_tp[tp] = [message]
+        recorded = 0
+        discard = consumer._unacked_messages.discard
+        for tp, messages in by_tp.items():
+            index = consumer._acked_index[tp]
+            append = consumer._acked[tp].append
+            before = len(index)
+            for message in messages:
+                offset = message.offset
+                if offset not in index:
+                    index.add(offset)
+                    append(offset)
+                    discard(message)
+            recorded += len(index) - before
+        consumer._n_acked += recorded
+        if by_tp:
+            notify(consumer._waiting_for_ack)
+    return recorded
 
 
 async def commit_offsets(consumer: Any, offsets: dict[Any, int]) -> bool:

@@ -291,7 +291,10 @@ class RiskEngine:
         """The partition meta is written after the advertisers' states in a checkpoint, and a
         crash mid-flush can keep a prefix of those records: states newer than the meta. Each
         state therefore also records the offsets it has applied, and skips them again."""
-        st = self._state_for_key(advertiser_key(partition, advertiser_id))
+        clock = self._partitions.get(partition)  # its state cache first: no key to build
+        st = clock.states.get(advertiser_id) if clock is not None else None
+        if st is None:
+            st = self._state_for_key(advertiser_key(partition, advertiser_id))
         return st is not None and offset < st.offsets.get(topic, -1)
 
     def note_offset(self, partition: int, topic: str, next_offset: int) -> None:

@@ -280,11 +280,24 @@ class Worker:
         return out
 
     def log_tail(self, lines: int = 60) -> str:
+        """The log's last ``lines``, and, while the worker runs, its input metrics by
+        partition (what a stalled partition shows first: lag, gaps, late events)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError as exc:
             return f"(no log: {exc})"
-        return "\n".join(text.splitlines()[-lines:])
+        tail = "\n".join(text.splitlines()[-lines:])
+        if self.proc.poll() is None:
+            try:
+                status, body = self.get("/metrics")
+            except OSError:
+                return tail
+            keep = ("riskstream_consumer_lag", "riskstream_input_gaps", "riskstream_events_",
+                    "riskstream_dead_letter", "riskstream_windows_closed")
+            tail += "\n--- metrics:\n" + "\n".join(
+                ln for ln in body.decode(errors="replace").splitlines()
+                if ln.startswith(keep) and not ln.endswith(" 0.0"))
+        return tail
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

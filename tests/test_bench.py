@@ -117,6 +117,22 @@ def test_backtest_against_a_revision_runs_both_trees_alternately():
         assert ratio > 0 and res[key]["median"] == ratio
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_worker_against_a_revision_runs_both_workers_over_one_topic_set(kafka_broker):
+    """``python -m app.bench worker --against REV``: the real worker of this tree and of REV's
+    code (here HEAD) in turn over one pre-produced topic set, each from its first event to the
+    N-th, and the ratios of the two."""
+    res = bench.worker_against("HEAD", 20_000, 50, 500.0, rounds=1,
+                               bootstrap=kafka_broker.bootstrap, broker_kind=kafka_broker.kind)
+    (ours,), (theirs,) = res["runs"]["this tree"], res["runs"]["HEAD"]
+    assert res["events"] == 20_000
+    assert ours["events"] >= 20_000 and theirs["events"] >= 20_000
+    assert ours["app_id"] != theirs["app_id"]  # a fresh group each: both read it all
+    (ratio,) = res["ratio_events_per_s"]["per_round"]
+    assert ratio > 0 and res["ratio_events_per_s"]["median"] == ratio
+
+
 def test_backtest_sparse_replays_a_window_per_event_in_both_trees():
     """``--sparse A``: A advertisers x 3 events, each event in a window of its own; the first
     two windows of each advertiser close within the replay (the last is not due by its end) --

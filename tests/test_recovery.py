@@ -86,11 +86,13 @@ def _move_committed_offsets_ahead(bootstrap: str, group: str, topic: str, by: in
 
 # (offsets ahead, offsets kept before the end). committed_far_ahead: the replacement's first
 # fetch is a long run behind the gap, still in the fetch loop's hands when the agent seeks back
-# (docs/faults.md, "The scale test's flake under load")
-AHEAD = {"committed_ahead": (7, 0), "committed_far_ahead": (1500, 500)}
+# (docs/faults.md, "The scale test's flake under load"). committed_to_end: every offset of the
+# second half skipped, so no event arrives after the gap to show it (found at the assignment)
+AHEAD = {"committed_ahead": (7, 0), "committed_far_ahead": (1500, 500),
+         "committed_to_end": (10**9, 0)}
 
 
-@pytest.mark.parametrize("how", ["sigkill", "committed_ahead", "committed_far_ahead"])
+@pytest.mark.parametrize("how", ["sigkill", *AHEAD])
 def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
         kafka_broker, kafka_topics, worker, tmp_path, how):
     """``committed_ahead``: the first worker stops gracefully, and then the group's committed
@@ -140,8 +142,43 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
     recovery_s = time.monotonic() - started
 
     _assert_output_equals_replay(bootstrap, prefix, second, exp_scores, exp_alerts)
-    if how != "sigkill":  # found as gaps, and fetched again
+    if how != "sigkill":  # found as gaps (or, with no event after them, as stalls): fetched again
         gaps = sum(v for (name, labels), v in labelled_metrics(second).items()
-                   if name == "riskstream_input_gaps_total" and ("outcome", "refetched") in labels)
+                   if name == "riskstream_input_gaps_total"
+                   and {("outcome", "refetched"), ("outcome", "stalled")} & set(labels))
         assert gaps >= 1, second.log_tail()
     print(f"\nreplacement ready after {recovery_s:.1f}s")
+
+
+# -- where an input partition's reading stands (agents.events.read_position) -------------------
+def test_read_position_seeks_a_stalled_partition_and_never_marks_a_gap_caught_up():
+    from agents.events import REFETCH_RETRY_S, read_position
+
+    retry = REFETCH_RETRY_S
+    # (position, committed, earliest, highwater, expected, refetching, refetch_age_s, idle_s)
+    # reading: from its last event; before any, from the state's offset, else the committed one
+    assert read_position(120, 100, 0, 150, 120, False, 0.0, 1.0) == (120, None)
+    assert read_position(None, 100, 0, 100, 100, False, 0.0, 99.0) == (100, None)
+    assert read_position(None, 100, 0, 150, 130, False, 0.0, 1.0) == (130, None)
+    assert read_position(None, None, 7, 7, -1, False, 0.0, 99.0) == (7, None)
+    # caught up (next offset = highwater) or state ahead of the broker: nothing to seek
+    assert read_position(150, 150, 0, 150, 150, False, 0.0, 99.0) == (150, None)
+    assert read_position(None, 100, 0, 130, 130, False, 0.0, 99.0) == (130, None)
+    # a gap being fetched again reads up to the state's offset (not caught up: 80 < the
+    # highwater), and is sought again once nothing of it came for the retry time
+    assert read_position(None, 100, 0, 150, 80, True, 0.0, 99.0) == (80, None)
+    assert read_position(95, 100, 0, 150, 80, True, retry - 0.1, 99.0) == (80, None)
+    assert read_position(95, 100, 0, 150, 80, True, retry, 0.0) == (80, 80)
+    # nothing read since the assignment, the broker holds offsets past the state's: reading at
+    # the state's offset; if nothing comes, the consumer is elsewhere (its committed offset ran
+    # ahead of the state, or the worker's own checkpoint committed the state's offsets behind
+    # it): sought there, whatever the committed offset says
+    for committed in (150, 80, None):
+        assert read_position(None, committed, 0, 150, 80, False, 0.0, retry - 0.1) == (80, None)
+        assert read_position(None, committed, 0, 150, 80, False, 0.0, retry) == (80, 80)
+    # a partition whose next record never came (lag 1 for good): sought to it
+    assert read_position(149, 149, 0, 150, 149, False, 0.0, retry - 0.1) == (149, None)
+    assert read_position(149, 149, 0, 150, 149, False, 0.0, retry) == (149, 149)
+    # ... unless the broker no longer holds the state's offset (retention): nothing to fetch
+    # there, the reading stands at the committed offset (here caught up)
+    assert read_position(None, 150, 90, 150, 80, False, 0.0, 99.0) == (150, None)

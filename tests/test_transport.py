@@ -39,6 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FINGERPRINTS = {
     # copied into Consumer._drain_messages (the only change: no wait_first while the flow runs)
     ("faust.transport.consumer", "Consumer._drain_messages"): "44a2500309e83c63",
+    # inlined into Consumer._drain_messages (session 4), with the message it builds per record
+    ("faust.transport.consumer", "Consumer.getmany"): "4b168d84882a70d6",
+    ("faust.transport.drivers.aiokafka", "Consumer._to_message"): "7c24f6511b2fcef7",
+    # take_queued does what repeated get_nowait calls do, at once
+    ("mode.utils.queues", "ThrowableQueue.get_nowait"): "d42b1be9219a0e6e",
+    ("mode.utils.queues", "FlowControlQueue.get_nowait"): "57cb9b5c12e7ebd9",
     # event_batches mirrors its per-event delivery bookkeeping (tracking, stale generations)
     ("faust.streams", "Stream._py_aiter"): "3a48ee257a65435b",
     # ConsumerThread overrides the fetch_max_wait_ms it passes to aiokafka
@@ -119,6 +125,20 @@ def test_faust_internals_the_transport_uses_exist():
     from faust.transport.conductor import Conductor
     from faust.transport.producer import ProducerBuffer
     assert "_tp_index" in Conductor.__annotations__ and hasattr(ProducerBuffer, "max_messages")
+    # agents/store.py: changelog records as aiokafka batches, through Faust's aiokafka producer
+    from aiokafka import AIOKafkaProducer
+    from faust.transport.drivers.aiokafka import Producer as FaustAioProducer
+    assert hasattr(FaustAioProducer, "_ensure_producer")
+    assert {"batch", "topic", "partition"} <= set(
+        inspect.signature(AIOKafkaProducer.send_batch).parameters)
+    assert hasattr(AIOKafkaProducer, "create_batch")
+    # app.transport.take_queued and the direct delivery: asyncio.Queue / mode queue internals
+    assert "self._putters" in inspect.getsource(asyncio.Queue.__init__) or hasattr(
+        asyncio.Queue, "_wakeup_next")
+    assert hasattr(asyncio.Queue, "_wakeup_next") and hasattr(ThrowableQueue,
+                                                              "maybe_endorse_pressure_drop")
+    assert "_tp_to_callback" in Conductor.__annotations__
+    assert "_tp_to_callback_lock" in Conductor.__annotations__
     from faust.stores.memory import Store
     source = inspect.getsource(Store.__post_init__)  # agents/store.py writes both
     assert "self.data:" in source and "self._key_partition:" in source
@@ -150,6 +170,9 @@ class _Queue(asyncio.Queue):
         super().__init__()
         from collections import deque
         self._errors = deque()
+
+    def maybe_endorse_pressure_drop(self) -> None:  # mode's FlowControlQueue hook
+        pass
 
 
 class _Channel:
@@ -194,9 +217,9 @@ def test_event_batches_tracks_skips_stale_generations_and_wakes_up_when_idle():
         return out
 
     batches = asyncio.run(take(3))
-    # at most 4 per batch; offset 3 (an older generation) is skipped, never delivered, and not
-    # acknowledged (an ack would let Faust commit past it)
-    assert batches == [[0, 1, 2, 4], [5, 6], []]  # [] after idle_s without events
+    # at most 4 taken from the queue per batch; offset 3 (an older generation) is skipped, never
+    # delivered, and not acknowledged (an ack would let Faust commit past it)
+    assert batches == [[0, 1, 2], [4, 5, 6], []]  # [] after idle_s without events
     assert msgs[3].acks == 0 and not msgs[3].tracked
     delivered = [m for m in msgs if m.offset != 3]
     assert all(m.tracked and m.acks == 0 for m in delivered)  # acked later, by the caller
@@ -209,8 +232,6 @@ def _drain(fetches, on_message):
     (tp, offset), or an async function ``consumer -> that list`` run during the fetch.
     ``on_message(consumer, offset)`` is the Conductor callback. Returns the offsets delivered
     and the seeks that reached the consumer thread."""
-    from faust.types.tuples import ConsumerMessage
-
     async def run():
         app = faust.App("drain-test", broker="riskstream://127.0.0.1:9", web_enabled=False)
         app.flow_control.resume()
@@ -220,24 +241,28 @@ def _drain(fetches, on_message):
         async def seek_wait(partitions):  # on the consumer thread, in the real one
             seeks.extend((tp.partition, off) for tp, off in partitions.items())
 
-        consumer._thread = SimpleNamespace(seek_wait=seek_wait)
+        consumer._thread = SimpleNamespace(seek_wait=seek_wait, highwater=lambda tp: None)
         delivered: list[int] = []
         fetcher = SimpleNamespace(_stopped=asyncio.Event())
         pending = list(fetches)
 
-        async def getmany(timeout):
+        async def wait_next_records(timeout):  # what aiokafka's getmany returns, by partition
             fetched = pending.pop(0)
             if not pending:
                 fetcher._stopped.set()  # the loop ends after this fetch
+            records: dict = {}
             for tp, offset in (await fetched(consumer) if callable(fetched) else fetched):
-                yield tp, ConsumerMessage(tp.topic, tp.partition, offset, 0.0, 0, [], b"k",
-                                          b"v", None, 1, 1, tp, generation_id=1)
+                records.setdefault(tp, []).append(SimpleNamespace(
+                    topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0,
+                    timestamp_type=0, headers=[], key=b"k", value=b"v", checksum=None,
+                    serialized_key_size=1, serialized_value_size=1))
+            return records, None
 
         async def callback(message):
             delivered.append(message.offset)
             await on_message(consumer, message.offset)
 
-        consumer.getmany, consumer.callback = getmany, callback
+        consumer._wait_next_records, consumer.callback = wait_next_records, callback
         await consumer._drain_messages(fetcher)
         return delivered, seeks
 
@@ -422,3 +447,64 @@ def test_rebalance_and_sigkill_mid_stream_lose_nothing_and_match_the_backtest(
     for key, copies in live.items():
         assert copies == {orjson.dumps(exp_scores[key], option=orjson.OPT_SORT_KEYS)}, key
     assert alert_ids == exp_alerts
+
+
+# -- ack_events: Faust's per-message acknowledgement, at once ----------------------------------
+def _ack_consumer(committed: dict) -> object:
+    from collections import defaultdict
+    from weakref import WeakSet
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    class AckConsumer:  # the state Consumer.ack reads and writes, and Faust's own ack
+        ack = FaustConsumer.ack
+
+        def __init__(self) -> None:
+            self.app = SimpleNamespace(topics=SimpleNamespace(
+                acking_topics={"in"}, acks_enabled_for=lambda topic: topic == "in"))
+            self._committed_offset = defaultdict(lambda: None, committed)
+            self._acked = defaultdict(list)
+            self._acked_index = defaultdict(set)
+            self._unacked_messages = WeakSet()
+            self._n_acked = 0
+            self._waiting_for_ack = None
+
+    return AckConsumer()
+
+
+def test_ack_events_equals_acking_each_message():
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    def messages() -> list:
+        out = []
+        for topic, partition, offset, refcount in [
+                ("in", 0, 5, 1), ("in", 0, 6, 1), ("in", 1, 2, 1), ("in", 0, 6, 1),  # dup
+                ("in", 0, 3, 1),            # below the committed offset 4
+                ("in", 1, 3, 2),            # delivered to two channels: one ack leaves one
+                ("other", 0, 9, 1),         # a topic without acks
+                ("in", 1, 4, 1)]:
+            m = ConsumerMessage(topic, partition, offset, 0.0, 0, None, None, b"v", None,
+                                tp=TP(topic, partition), generation_id=1)
+            m.refcount = refcount
+            out.append(m)
+        out[-1].acked = True  # acked before: nothing happens to it
+        return out
+
+    def state(consumer: object, msgs: list) -> tuple:
+        return ({tp: list(v) for tp, v in consumer._acked.items() if v},
+                {tp: set(v) for tp, v in consumer._acked_index.items() if v},
+                consumer._n_acked, [(m.acked, m.refcount) for m in msgs],
+                sorted(msgs.index(m) for m in consumer._unacked_messages))
+
+    committed = {TP("in", 0): 4}
+    one_by_one, at_once = _ack_consumer(committed), _ack_consumer(committed)
+    each, batch = messages(), messages()
+    for c, msgs in ((one_by_one, each), (at_once, batch)):
+        for m in msgs:
+            c._unacked_messages.add(m)
+    for m in each:
+        m.ack(one_by_one)
+    recorded = transport.ack_events(at_once, [SimpleNamespace(message=m) for m in batch])
+    assert state(at_once, batch) == state(one_by_one, each)
+    assert recorded == one_by_one._n_acked == 3  # 0:5, 0:6, 1:2
