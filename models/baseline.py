@@ -111,10 +111,11 @@ VOLUME_CAP = 2.0
 # minute (4 impressions per user for 20 minutes, where 1.0 was the rule) taught its own level
 # and inflated its variance within a few sub-threshold windows, and was missed.
 LEVEL_GUARD = True
-# v7 candidate: each drift judges its events against the baseline it had when the drift began
-# (frozen while the drift is up), not against a baseline that goes on learning: below the learning
-# guard a slow ramp still teaches the baseline its own rise, and the drift then measures the
-# ramp against itself.
+# An option, off in v6 (session 5's experiment, NOT adopted: docs/detection.md): the drifts named
+# here judge their events against the baseline they had when they began (frozen while the drift
+# is up), not against a baseline that goes on learning: below the learning guard a slow ramp
+# still teaches the baseline its own rise, and the drift then measures the ramp against itself.
+# On the validation seeds the frozen CTR drift gained one ramp for two false episodes.
 FROZEN_DRIFT: frozenset[str] = frozenset()  # drift names (CUSUM_RATIOS, JOINT_DRIFTS keys)
 # Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
 DEFAULT_PRIORS: dict[str, float] = {
