@@ -372,7 +372,7 @@ class RobustBaseline(AnomalyDetector):
             step = None
             if warm and name in cusum:
                 step = self._cusum_step(name, k, den, base_rate)
-                stat, k_c, n_c, _b0 = step
+                stat, k_c, n_c = step
                 if stat > CUSUM_OFFSET and n_c > 0:
                     z_c = sqrt(2.0 * (stat - CUSUM_OFFSET))
                     if z is None or z_c > z:
@@ -421,22 +421,28 @@ class RobustBaseline(AnomalyDetector):
         return out
 
     def _cusum_step(self, name: str, k: float, den: float,
-                    base_rate: float) -> tuple[float, float, float, float]:
+                    base_rate: float) -> tuple[float, float, float]:
         """The drift statistic after this window: log-likelihood ratio of "rate x rho" against
         the baseline, accumulated while positive (a one-sided Poisson CUSUM). With FROZEN_DRIFT
-        the baseline is the one of the drift's start: (statistic, events, exposure, that
-        baseline)."""
+        the baseline is the one of the drift's start (``learn_one`` keeps it)."""
         stat, k_c, n_c = self._cusum[name]
-        base = base_rate
         if stat > 0.0 and name in FROZEN_DRIFT:
-            base = self._frozen.get(name, (base_rate,))[0]
+            base_rate = self._frozen.get(name, (base_rate,))[0]
         rho = CUSUM_RATIOS[name]
-        new = stat + k * math.log(rho) - (rho - 1.0) * base * den
+        new = stat + k * math.log(rho) - (rho - 1.0) * base_rate * den
         if new <= 0.0:
-            return 0.0, 0.0, 0.0, 0.0
+            return 0.0, 0.0, 0.0
         if stat <= 0.0:
             k_c, n_c = 0.0, 0.0
-        return new, k_c + k, n_c + den, base
+        return new, k_c + k, n_c + den
+
+    def _freeze(self, name: str, stat: float) -> None:
+        """Before a rate's drift takes its new statistic ``stat``: keep the baseline of the
+        drift's start while it is up (FROZEN_DRIFT), forget it once it is at rest."""
+        if stat <= 0.0 or name not in FROZEN_DRIFT:
+            self._frozen.pop(name, None)
+        elif self._cusum[name][0] <= 0.0 or name not in self._frozen:
+            self._frozen[name] = [self._base_rate(name)]  # learn_one has not moved it yet
 
     def _base_rate(self, name: str) -> float:
         s = self._rates[name]
@@ -449,22 +455,22 @@ class RobustBaseline(AnomalyDetector):
         per stream; none while it is at rest)."""
         old = self._cusum[name]
         new = [old[0]]
-        frozen = self._frozen.get(name) if name in FROZEN_DRIFT and old[0] > 0.0 else None
+        keep = name in FROZEN_DRIFT
+        frozen = self._frozen.get(name) if keep and old[0] > 0.0 else None
         bases = []
         for i, (rate, rho) in enumerate(JOINT_DRIFTS[name].items()):
             num_name, den_name = RATES[rate]
             k, den = counts[num_name], counts[den_name]
             base = frozen[i] if frozen is not None else self._base_rate(rate)
-            bases.append(base)
+            if keep:
+                bases.append(base)
             new[0] += k * math.log(rho) - (rho - 1.0) * base * den
             if old[0] > 0.0:
                 k, den = k + old[1 + 2 * i], den + old[2 + 2 * i]
             new += [k, den]
         if new[0] <= 0.0:
             return [0.0] * len(new)
-        if name in FROZEN_DRIFT:
-            new += bases
-        return new
+        return new + bases
 
     def _joint_row(self, name: str, c: list[float]) -> tuple | None:
         """A joint drift's deviation row (as ``_evaluate``'s), explained by the stream that
@@ -532,13 +538,14 @@ class RobustBaseline(AnomalyDetector):
         for name, streams in JOINT_DRIFTS.items():
             if name not in joints or not any(counts[RATES[rate][1]] > 0 for rate in streams):
                 continue
-            c = joints[name]
-            m = 1 + 2 * len(streams)
-            self._cusum[name] = c[:m]
-            if len(c) > m and c[0] > 0.0:
-                self._frozen[name] = c[m:]
-            else:
-                self._frozen.pop(name, None)
+            c = self._cusum[name] = joints[name]
+            if FROZEN_DRIFT or self._frozen:
+                m = 1 + 2 * len(streams)
+                self._cusum[name] = c[:m]
+                if len(c) > m:  # the drift is up: its start's baselines follow its events
+                    self._frozen[name] = c[m:]
+                else:
+                    self._frozen.pop(name, None)
             if c[0] > JOINT_OFFSET + drift_guard:
                 drifting.update(streams)
         rates, cusum, horizons = self._rates, self._cusum, self._horizons
@@ -565,11 +572,9 @@ class RobustBaseline(AnomalyDetector):
             guarded = (horizon is not None and horizon > guard) or name in drifting
             if step is not None:
                 # a drift in progress must not become the baseline either
-                cusum[name][:] = step[:3]
-                if name in FROZEN_DRIFT and step[0] > 0.0:
-                    self._frozen[name] = [step[3]]
-                else:
-                    self._frozen.pop(name, None)
+                if FROZEN_DRIFT or self._frozen:
+                    self._freeze(name, step[0])
+                cusum[name][:] = step
                 guarded = guarded or step[0] > CUSUM_OFFSET + drift_guard
             w = (0.05 if guarded else 1.0) * vol_w
             s[0] = (1.0 - w * rate_a) * s[0] + w * k
