@@ -111,6 +111,12 @@ VOLUME_CAP = 2.0
 # minute (4 impressions per user for 20 minutes, where 1.0 was the rule) taught its own level
 # and inflated its variance within a few sub-threshold windows, and was missed.
 LEVEL_GUARD = True
+# An option, off in v6 (session 5's experiment, NOT adopted: docs/detection.md): the drifts named
+# here judge their events against the baseline they had when they began (frozen while the drift
+# is up), not against a baseline that goes on learning: below the learning guard a slow ramp
+# still teaches the baseline its own rise, and the drift then measures the ramp against itself.
+# On the validation seeds the frozen CTR drift gained one ramp for two false episodes.
+FROZEN_DRIFT: frozenset[str] = frozenset()  # drift names (CUSUM_RATIOS, JOINT_DRIFTS keys)
 # Global priors: the cohort baseline a new advertiser starts from (rates per denominator unit).
 DEFAULT_PRIORS: dict[str, float] = {
     "ctr": 0.02,
@@ -295,6 +301,9 @@ class RobustBaseline(AnomalyDetector):
         # joint drifts: [statistic, then per stream its events and exposure since it left zero]
         for name, streams in JOINT_DRIFTS.items():
             self._cusum[name] = [0.0] * (1 + 2 * len(streams))
+        # drift name -> the baseline rate(s) of its streams when it began (FROZEN_DRIFT; only
+        # while the drift is up)
+        self._frozen: dict[str, list[float]] = {}
         self._volume = 0.0
         self._seen = 0
         # (x, a copy of x, _evaluate(x)) of the last scored window; None after any state change
@@ -414,8 +423,11 @@ class RobustBaseline(AnomalyDetector):
     def _cusum_step(self, name: str, k: float, den: float,
                     base_rate: float) -> tuple[float, float, float]:
         """The drift statistic after this window: log-likelihood ratio of "rate x rho" against
-        the baseline, accumulated while positive (a one-sided Poisson CUSUM)."""
+        the baseline, accumulated while positive (a one-sided Poisson CUSUM). With FROZEN_DRIFT
+        the baseline is the one of the drift's start (``learn_one`` keeps it)."""
         stat, k_c, n_c = self._cusum[name]
+        if stat > 0.0 and name in FROZEN_DRIFT:
+            base_rate = self._frozen.get(name, (base_rate,))[0]
         rho = CUSUM_RATIOS[name]
         new = stat + k * math.log(rho) - (rho - 1.0) * base_rate * den
         if new <= 0.0:
@@ -424,25 +436,41 @@ class RobustBaseline(AnomalyDetector):
             k_c, n_c = 0.0, 0.0
         return new, k_c + k, n_c + den
 
+    def _freeze(self, name: str, stat: float) -> None:
+        """Before a rate's drift takes its new statistic ``stat``: keep the baseline of the
+        drift's start while it is up (FROZEN_DRIFT), forget it once it is at rest."""
+        if stat <= 0.0 or name not in FROZEN_DRIFT:
+            self._frozen.pop(name, None)
+        elif self._cusum[name][0] <= 0.0 or name not in self._frozen:
+            self._frozen[name] = [self._base_rate(name)]  # learn_one has not moved it yet
+
     def _base_rate(self, name: str) -> float:
         s = self._rates[name]
         return s[0] / s[1] if s[1] > 0 else 0.0
 
     def _joint_step(self, name: str, counts: dict[str, float]) -> list[float]:
         """A joint drift's state after this window: the log-likelihood ratios of its streams
-        ("rate x rho" against each baseline) summed and accumulated while positive."""
+        ("rate x rho" against each baseline) summed and accumulated while positive. With
+        FROZEN_DRIFT the baselines of the drift's start follow the statistic and events (one
+        per stream; none while it is at rest)."""
         old = self._cusum[name]
         new = [old[0]]
+        keep = name in FROZEN_DRIFT
+        frozen = self._frozen.get(name) if keep and old[0] > 0.0 else None
+        bases = []
         for i, (rate, rho) in enumerate(JOINT_DRIFTS[name].items()):
             num_name, den_name = RATES[rate]
             k, den = counts[num_name], counts[den_name]
-            new[0] += k * math.log(rho) - (rho - 1.0) * self._base_rate(rate) * den
+            base = frozen[i] if frozen is not None else self._base_rate(rate)
+            if keep:
+                bases.append(base)
+            new[0] += k * math.log(rho) - (rho - 1.0) * base * den
             if old[0] > 0.0:
                 k, den = k + old[1 + 2 * i], den + old[2 + 2 * i]
             new += [k, den]
         if new[0] <= 0.0:
             return [0.0] * len(new)
-        return new
+        return new + bases
 
     def _joint_row(self, name: str, c: list[float]) -> tuple | None:
         """A joint drift's deviation row (as ``_evaluate``'s), explained by the stream that
@@ -455,7 +483,9 @@ class RobustBaseline(AnomalyDetector):
         rate, k_c, n_c = streams[i][0], c[1 + 2 * i], c[2 + 2 * i]
         if n_c <= 0:
             return None
-        return (rate, k_c, n_c, self._base_rate(rate), math.sqrt(2.0 * (c[0] - JOINT_OFFSET)))
+        base = c[1 + 2 * len(streams) + i] if len(c) > 1 + 2 * len(streams) else (
+            self._base_rate(rate))
+        return (rate, k_c, n_c, base, math.sqrt(2.0 * (c[0] - JOINT_OFFSET)))
 
     # -- scoring --------------------------------------------------------------------------
     @staticmethod
@@ -488,6 +518,7 @@ class RobustBaseline(AnomalyDetector):
                 s[i] = 0.0
         for c in self._cusum.values():
             c[:] = [0.0] * len(c)
+        self._frozen.clear()
 
     def learn_one(self, x: dict[str, float]) -> None:
         a = self.alpha
@@ -508,6 +539,13 @@ class RobustBaseline(AnomalyDetector):
             if name not in joints or not any(counts[RATES[rate][1]] > 0 for rate in streams):
                 continue
             c = self._cusum[name] = joints[name]
+            if FROZEN_DRIFT or self._frozen:
+                m = 1 + 2 * len(streams)
+                self._cusum[name] = c[:m]
+                if len(c) > m:  # the drift is up: its start's baselines follow its events
+                    self._frozen[name] = c[m:]
+                else:
+                    self._frozen.pop(name, None)
             if c[0] > JOINT_OFFSET + drift_guard:
                 drifting.update(streams)
         rates, cusum, horizons = self._rates, self._cusum, self._horizons
@@ -534,6 +572,8 @@ class RobustBaseline(AnomalyDetector):
             guarded = (horizon is not None and horizon > guard) or name in drifting
             if step is not None:
                 # a drift in progress must not become the baseline either
+                if FROZEN_DRIFT or self._frozen:
+                    self._freeze(name, step[0])
                 cusum[name][:] = step
                 guarded = guarded or step[0] > CUSUM_OFFSET + drift_guard
             w = (0.05 if guarded else 1.0) * vol_w
@@ -558,9 +598,12 @@ class RobustBaseline(AnomalyDetector):
         # so a caller could change them: drop what was computed from them.
         self._scored = None
         # a drift statistic at rest (0, 0, 0) is left out: the common case costs no bytes
-        return {"rates": self._rates, "levels": self._levels,
-                "cusum": {k: c for k, c in self._cusum.items() if c[0] > 0.0},
-                "volume": self._volume, "seen": self._seen}
+        out = {"rates": self._rates, "levels": self._levels,
+               "cusum": {k: c for k, c in self._cusum.items() if c[0] > 0.0},
+               "volume": self._volume, "seen": self._seen}
+        if self._frozen:  # only while a drift is up with FROZEN_DRIFT
+            out["frozen"] = self._frozen
+        return out
 
     def load_state(self, data: dict[str, Any]) -> None:
         """Load a stored state. A v3 or v4 state (no ``deception_rate``, no ``cusum``; no joint
@@ -573,5 +616,9 @@ class RobustBaseline(AnomalyDetector):
         cusum = data.get("cusum", {})
         self._cusum = {k: [float(v) for v in cusum.get(k, [0.0] * len(zero))]
                        for k, zero in self._cusum.items()}
+        # a drift that is up without its start's baselines (a state of v6 or before) is judged
+        # against the current baseline from here on (_cusum_step, _joint_step)
+        self._frozen = {k: [float(v) for v in vals] for k, vals in data.get("frozen", {}).items()
+                        if k in self._cusum}
         self._volume = float(data.get("volume", 0.0))
         self._seen = int(data["seen"])

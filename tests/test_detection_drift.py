@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import random
 
+import orjson
+
 from models.baseline import CUSUM_RATIOS, DEFAULT_PRIORS, PRIOR_EVENTS, RobustBaseline
 from riskstream.decision import DecisionConfig
 from riskstream.features import window_features
@@ -390,3 +392,104 @@ def test_level_guard_still_follows_a_lasting_shift() -> None:
     dev = next(c.deviation for c in m.deviations(user_window(40.0, 4.0))
                if c.feature == "impressions_per_user")
     assert dev < 1.0
+
+
+# -- session 5 (NOT adopted, docs/detection.md): drifts against the baseline of their start ----
+# (the FROZEN_DRIFT option, off in v6) and a ramp drift; the candidate's configuration
+
+V7_CONSTANTS = {
+    "FROZEN_DRIFT": frozenset({"ctr", "deception_rate", "ramp"}),
+    "JOINT_DRIFTS": {"hide_report": {"hide_rate": 4.0, "report_rate": 10.0},
+                     "cloak": {"deception_rate": 10.0, "low_rating_share": 8.0, "cvr": 2.5},
+                     "ramp": {"ctr": 3.0, "report_rate": 4.0}},
+}
+V6_CONSTANTS = {
+    "FROZEN_DRIFT": frozenset(),
+    "JOINT_DRIFTS": {k: v for k, v in V7_CONSTANTS["JOINT_DRIFTS"].items() if k != "ramp"},
+}
+
+
+def configure(monkeypatch, constants: dict) -> None:
+    import models.baseline as baseline
+
+    for name, value in constants.items():
+        monkeypatch.setattr(baseline, name, value)
+
+
+# 50 impressions a minute at 1% CTR; CTR climbs linearly to x5 over 30 windows, then is normal
+# again (the simulator's slow ramp ends): no window alone is remarkable (0.5-2.4 clicks)
+RAMP_THAT_ENDS = ([window(50.0, 0.5 * (1.0 + 4.0 * i / 30.0)) for i in range(30)]
+                  + [window(50.0, 0.5)] * 30)
+
+
+def test_frozen_drift_catches_a_ramp_that_ends(monkeypatch) -> None:
+    """v6 judged the ramp against a CTR baseline that learned it (below the learning guard a
+    ramp window enters at full weight): max risk ~0.5. Against the baseline of the drift's
+    start the same windows cross the threshold."""
+    configure(monkeypatch, V6_CONSTANTS)
+    assert max(run(trained(), RAMP_THAT_ENDS)) < THRESHOLD
+    configure(monkeypatch, V7_CONSTANTS)
+    assert max(run(trained(), RAMP_THAT_ENDS)) >= THRESHOLD
+
+
+def test_frozen_baseline_is_the_one_of_the_drift_start(monkeypatch) -> None:
+    configure(monkeypatch, V7_CONSTANTS)
+    m = trained()
+    start = m._base_rate("ctr")
+    for x in RAMP_THAT_ENDS[:20]:
+        m.learn_one(x)
+    state = m.state()
+    assert state["cusum"]["ctr"][0] > 0.0
+    frozen = state["frozen"]["ctr"][0]
+    assert start <= frozen < 1.1 * start  # the baseline when the drift left zero (window 3)
+    assert m._base_rate("ctr") > 1.2 * frozen  # while the live baseline followed the ramp
+    assert len(state["frozen"]["ramp"]) == 2  # one baseline per stream of the joint drift
+
+
+def test_frozen_baselines_round_trip_and_rest(monkeypatch) -> None:
+    configure(monkeypatch, V7_CONSTANTS)
+    m = trained()
+    assert "frozen" not in m.state()  # at rest: not stored
+    for x in RAMP_THAT_ENDS[:15]:
+        m.learn_one(x)
+    m2 = RobustBaseline()
+    m2.load_state(orjson.loads(orjson.dumps(m.state())))
+    assert m2.state() == m.state()
+    for x in RAMP_THAT_ENDS[15:]:
+        assert m2.score_one(x) == m.score_one(x)
+        m.learn_one(x)
+        m2.learn_one(x)
+    m.observe_flagged(RAMP_THAT_ENDS[0])
+    assert "frozen" not in m.state()  # a flagged window restarts the drifts
+
+
+def test_state_without_frozen_baselines_loads(monkeypatch) -> None:
+    """A v6 state with a drift up (no "frozen"): the drift is judged against the current
+    baseline, as v6 did, until it returns to zero."""
+    configure(monkeypatch, V6_CONSTANTS)
+    m6 = trained()
+    for x in RAMP_THAT_ENDS[:15]:
+        m6.learn_one(x)
+    state = orjson.loads(orjson.dumps(m6.state()))
+    assert state["cusum"]["ctr"][0] > 0.0 and "frozen" not in state
+    x = RAMP_THAT_ENDS[15]
+    v6_risk = m6.score_one(x)
+    configure(monkeypatch, V7_CONSTANTS)
+    m7 = RobustBaseline()
+    m7.load_state(state)
+    ctr6 = next(c.deviation for c in m6.deviations(x) if c.feature == "ctr")
+    assert next(c.deviation for c in m7.deviations(x) if c.feature == "ctr") == ctr6
+    assert abs(m7.score_one(x) - v6_risk) < 0.05  # the ramp drift starts at rest
+    m7.learn_one(x)
+    assert m7.state()["frozen"]["ctr"][0] == m6._base_rate("ctr")
+
+
+def test_steady_traffic_and_volume_swings_never_drift_with_frozen_baselines(monkeypatch) -> None:
+    configure(monkeypatch, V7_CONSTANTS)
+    m = trained(windows=50)
+    assert max(run(m, [window(50.0, 0.5)] * 300)) < 0.2
+    assert "ctr" not in m.state()["cusum"]
+    m = trained()
+    swing = [window(50.0 * (1 + 3 * math.sin(math.pi * i / 60)),
+                    0.5 * (1 + 3 * math.sin(math.pi * i / 60))) for i in range(60)]
+    assert max(run(m, swing)) < THRESHOLD
