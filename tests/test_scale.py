@@ -32,8 +32,8 @@ PARTITIONS = 6
 def _settle(workers, prefix: str, released: int, traffic, scores: TopicReader,
             exp_scores: dict, advertiser_partition: dict[str, int]) -> list[int]:
     """Wait for the group to settle on ``workers`` and the released traffic to be processed;
-    check the spread, each worker's state and every score so far. Returns partitions per
-    worker."""
+    check the spread, each worker's state and every score so far (``exp_scores``: window ->
+    the replay's score record). Returns partitions per worker."""
     topic = f"{prefix}ad-impressions"
     tail = lambda: "\n".join(f"--- {w.app_id}:{w.port}\n{w.log_tail(15)}" for w in workers)
 
@@ -76,7 +76,12 @@ def _settle(workers, prefix: str, released: int, traffic, scores: TopicReader,
         rec = r.json()
         key = (rec["advertiser_id"], rec["window"]["start"])
         assert key in exp_scores, f"unexpected window {key}"
-        assert rec["risk_score"] == exp_scores[key], (key, rec["risk_score"], exp_scores[key])
+        exp = exp_scores[key]
+        # on a difference, the window's features that differ say what the live window missed
+        assert rec["risk_score"] == exp["risk_score"], (
+            key, rec["risk_score"], exp["risk_score"], f"partition {r.partition}@{r.offset}",
+            {k: (v, exp["metrics"].get(k)) for k, v in rec["metrics"].items()
+             if v != exp["metrics"].get(k)})
     return counts
 
 
@@ -86,7 +91,8 @@ def test_one_three_two_workers_share_partitions_and_alert_like_one(
     settings = Settings(allowed_lateness_seconds=LATENESS_S)
     case = timed_case(seed=41, advertisers=16, duration_s=1800, spam_start_s=900,
                       settings=settings)
-    exp_scores = case.expected_scores()
+    exp_scores = {(o.record["advertiser_id"], o.record["window"]["start"]): o.record
+                  for o in case.expected.outputs if o.kind == "score"}
     assert case.expected_alerts(), "test design: the incident must alert offline"
     records = case.records(prefix)
     advertiser_partition = {a: partition_for(a.encode(), PARTITIONS)
