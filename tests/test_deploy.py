@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -263,6 +264,36 @@ def test_prometheus_service_mounts_this_config(services):
     mounts = [v.split(":") for v in services["prometheus"]["volumes"] if isinstance(v, str)]
     assert any(Path(src) == Path("./deploy/prometheus/prometheus.yml") and
                dst == "/etc/prometheus/prometheus.yml" for src, dst, *_ in mounts)
+    # the alerting rules, where the config's rule_files looks for them (next to it)
+    for rule_file in load_yaml(PROMETHEUS)["rule_files"]:
+        assert any(Path(src) == PROMETHEUS.parent.relative_to(ROOT) / rule_file
+                   and dst == f"/etc/prometheus/{rule_file}" for src, dst, *_ in mounts), rule_file
+
+
+def test_alerting_rules_pass_promtool_and_their_unit_tests():
+    """``promtool check rules`` (syntax, templates) and ``promtool test rules`` over
+    deploy/prometheus/alerts_test.yml: each alert fires on the series meant to raise it, with
+    its labels and annotations, and stays quiet on the healthy ones."""
+    from tests.conftest import require_tool
+
+    promtool = require_tool("promtool", "prometheus")
+    rules = PROMETHEUS.parent / "alerts.yml"
+    for args in (["check", "rules", rules.name], ["test", "rules", "alerts_test.yml"]):
+        done = subprocess.run([promtool, *args], cwd=PROMETHEUS.parent, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    assert "SUCCESS" in done.stdout
+
+
+def test_alerting_rules_use_only_series_the_worker_exports():
+    _kinds, series = registered_series()
+    text = (PROMETHEUS.parent / "alerts.yml").read_text()
+    used = set(METRIC_RE.findall(text))
+    assert used, "no riskstream series in the rules"
+    assert used <= series, sorted(used - series)
+    # every rule has an action for whoever is paged
+    for rule in load_yaml(PROMETHEUS.parent / "alerts.yml")["groups"][0]["rules"]:
+        assert rule["annotations"].get("action"), rule["alert"]
 
 
 # -- Grafana ----------------------------------------------------------------------------------
