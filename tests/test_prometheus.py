@@ -65,6 +65,18 @@ def busy_worker(kafka_broker, kafka_topics, worker, tmp_path):
     return w
 
 
+ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def _rules(base: str) -> list[dict]:
+    try:
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=2) as resp:
+            answer = json.loads(resp.read())
+    except OSError:
+        return []
+    return [r for g in answer["data"]["groups"] for r in g["rules"]]
+
+
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``prometheus(target_port)`` starts the Debian prometheus binary on 127.0.0.1,
@@ -78,6 +90,7 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             "  evaluation_interval: 1s\n"
+            f"rule_files: ['{ALERT_RULES}']\n"
             "scrape_configs:\n  - job_name: riskstream\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{target_port}']\n")
         log = open(tmp_path / "prometheus.log", "wb")
@@ -145,5 +158,15 @@ def test_promtool_passes_and_a_real_prometheus_scrapes_the_worker(busy_worker, p
     assert p99 and float(p99[0]["value"][1]) > 0
     lag = _query(base, "sum(riskstream_consumer_lag_messages)")
     assert float(lag[0]["value"][1]) == 0  # everything processed, as the worker says
+    # the alerting rules of deploy/prometheus load and evaluate on the worker's live series;
+    # a healthy worker with every event processed raises none of them
+    rules = wait_until(lambda: [r for r in _rules(base) if r.get("lastEvaluation", "")[:4]
+                                not in ("", "0001")] or None, 30,
+                       "the alerting rules evaluated", on_timeout=log)
+    assert {r["name"] for r in rules} >= {"RiskstreamConsumerLagHigh", "RiskstreamInputStalled",
+                                          "RiskstreamDeadLetters", "RiskstreamNotReady"}
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError"))
+                                                      for r in rules]
+    assert not [r["name"] for r in rules if r["state"] != "inactive"]
     print(f"\nprometheus: {len(REQUIRED)} series scraped; batch p99 "
           f"{float(p99[0]['value'][1]):.4f}s")
