@@ -164,6 +164,7 @@ def register_agents(ra: Any) -> None:
     # broker no longer holds it, or after MAX_REFETCHES batches, those offsets do not exist
     # (retention, transaction markers): counted, accepted.
     refetch: dict[Any, int] = {}  # tp -> last offset seen since its gap was found
+    earliest: dict[Any, int] = {}  # tp -> the broker's earliest offset, while it may be needed
     # tp -> re-fetches of its gap that started past the expected offset although the broker
     # still holds that offset: something moved the position after our seek (Faust's seek to the
     # committed offsets at the end of a table recovery; docs/faults.md, "The scale test's flake
@@ -185,6 +186,20 @@ def register_agents(ra: Any) -> None:
             log.warning("could not read the earliest offset of %s: %s", tp, exc)
             return True
         return earliest is None or earliest <= expected
+
+    async def earliest_offset(tp: Any) -> int:
+        """The broker's earliest offset of ``tp`` (cached), -1 when it cannot be read."""
+        first = earliest.get(tp)
+        if first is None:
+            try:
+                first = (await app.consumer.earliest_offsets(tp)).get(tp)
+            except Exception as exc:  # broker away: no gap check for this event
+                log.warning("could not read the earliest offset of %s: %s", tp, exc)
+                return -1
+            if first is None:
+                return -1
+            earliest[tp] = first
+        return first
 
     async def process_batch(batch: list[Any]) -> None:
         started = time.perf_counter()
@@ -210,6 +225,13 @@ def register_agents(ra: Any) -> None:
                     continue
                 topic, partition, offset = tp.topic, tp.partition, msg.offset
                 expected = next_offset(partition, topic)
+                if expected < 0:
+                    # Nothing of this partition in the state yet: it starts at the broker's
+                    # earliest offset (consumer_auto_offset_reset="earliest"). An event past it
+                    # is a gap like any other: e.g. events fetched, then dropped from the
+                    # agent's queue by a rebalance before any checkpoint -- with no committed
+                    # offset, Faust's seek after the rebalance leaves the position past them.
+                    expected = await earliest_offset(tp)
                 if offset > expected >= 0:
                     seen = refetch.get(tp)
                     if seen is None or offset > seen:  # a gap, or the run fetched behind it
@@ -293,8 +315,6 @@ def register_agents(ra: Any) -> None:
         await send(topics["dead_letter"], msg.partition, msg.key, record)
         log.warning("dead-letter %s", exc.reason,
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
-
-    earliest: dict[Any, int] = {}
 
     @app.timer(interval=1.0)
     async def track_inputs() -> None:

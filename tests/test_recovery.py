@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import (TopicReader, assert_valid, labelled_metrics, produce_lines,
-                            simulated_case)
+                            simulated_case, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +182,40 @@ def test_read_position_seeks_a_stalled_partition_and_never_marks_a_gap_caught_up
     # ... unless the broker no longer holds the state's offset (retention): nothing to fetch
     # there, the reading stands at the committed offset (here caught up)
     assert read_position(None, 150, 90, 150, 80, False, 0.0, 99.0) == (150, None)
+
+
+def test_a_partition_without_state_is_read_from_its_earliest_offset(
+        kafka_broker, kafka_topics, worker, tmp_path):
+    """A partition the state has never seen starts at the broker's earliest offset: a first
+    event past it is a gap, fetched again. (Seen in tests/test_scale.py: a feedback partition's
+    first records were fetched, then dropped from the agent's queue by a rebalance before any
+    checkpoint; with no committed offset to seek back to, the position stayed past them and the
+    next owner began at offset 2, losing a hide from a window.) Here the fresh group's committed
+    offsets are simply moved past the first events of every impression partition."""
+    import uuid
+
+    prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
+    case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=2400,
+                          spam_start_s=1500)
+    exp_scores = {_score_key(o.record): o.record["risk_score"]
+                  for o in case.expected.outputs if o.kind == "score"}
+    exp_alerts = {a["alert_id"]: a for a in case.expected.alerts()}
+    produce_lines(bootstrap, f"{prefix}ad-impressions", case.impressions)
+    produce_lines(bootstrap, f"{prefix}user-feedback", case.feedback)
+    app_id = f"rs-test-fresh-{uuid.uuid4().hex[:8]}"
+    from confluent_kafka import KafkaException
+
+    def moved() -> int | None:  # a fresh broker's group coordinator may still be loading
+        try:
+            return _move_committed_offsets_ahead(bootstrap, app_id,
+                                                 f"{prefix}ad-impressions", 5)
+        except KafkaException:
+            return None
+
+    skipped = wait_until(moved, 60, "the fresh group's offsets committed")
+    assert skipped > 0
+    w = worker(prefix, RISKSTREAM_APP_ID=app_id)
+    _assert_output_equals_replay(bootstrap, prefix, w, exp_scores, exp_alerts)
+    gaps = sum(v for (name, labels), v in labelled_metrics(w).items()
+               if name == "riskstream_input_gaps_total" and ("outcome", "refetched") in labels)
+    assert gaps >= 1, w.log_tail()
