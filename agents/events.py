@@ -176,30 +176,26 @@ def register_agents(ra: Any) -> None:
     # the partition must not stall with its events unprocessed (tests/test_scale.py once did).
     refetch_sought: dict[Any, float] = {}
 
+    async def earliest_offset(tp: Any, fresh: bool = False) -> int | None:
+        """The broker's earliest offset of ``tp``, cached; ``fresh``: read anew and not
+        cached (retention moves it). None when it cannot be read (broker away)."""
+        first = None if fresh else earliest.get(tp)
+        if first is None:
+            try:
+                first = (await app.consumer.earliest_offsets(tp)).get(tp)
+            except Exception as exc:
+                log.warning("could not read the earliest offset of %s: %s", tp, exc)
+                return None
+            if first is not None and not fresh:
+                earliest[tp] = first
+        return first
+
     async def offsets_exist(tp: Any, expected: int) -> bool:
         tries = refetched_past[tp] = refetched_past.get(tp, 0) + 1
         if tries > MAX_REFETCHES:
             return False
-        try:
-            earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
-        except Exception as exc:  # broker away: fetch again rather than lose events
-            log.warning("could not read the earliest offset of %s: %s", tp, exc)
-            return True
-        return earliest is None or earliest <= expected
-
-    async def earliest_offset(tp: Any) -> int:
-        """The broker's earliest offset of ``tp`` (cached), -1 when it cannot be read."""
-        first = earliest.get(tp)
-        if first is None:
-            try:
-                first = (await app.consumer.earliest_offsets(tp)).get(tp)
-            except Exception as exc:  # broker away: no gap check for this event
-                log.warning("could not read the earliest offset of %s: %s", tp, exc)
-                return -1
-            if first is None:
-                return -1
-            earliest[tp] = first
-        return first
+        first = await earliest_offset(tp, fresh=True)
+        return first is None or first <= expected  # unknown: fetch again rather than lose
 
     async def process_batch(batch: list[Any]) -> None:
         started = time.perf_counter()
@@ -231,7 +227,8 @@ def register_agents(ra: Any) -> None:
                     # is a gap like any other: e.g. events fetched, then dropped from the
                     # agent's queue by a rebalance before any checkpoint -- with no committed
                     # offset, Faust's seek after the rebalance leaves the position past them.
-                    expected = await earliest_offset(tp)
+                    first = await earliest_offset(tp)
+                    expected = -1 if first is None else first  # unknown: no gap check
                 if offset > expected >= 0:
                     seen = refetch.get(tp)
                     if seen is None or offset > seen:  # a gap, or the run fetched behind it

@@ -68,15 +68,6 @@ def busy_worker(kafka_broker, kafka_topics, worker, tmp_path):
 ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 
 
-def _rules(base: str) -> list[dict]:
-    try:
-        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=2) as resp:
-            answer = json.loads(resp.read())
-    except OSError:
-        return []
-    return [r for g in answer["data"]["groups"] for r in g["rules"]]
-
-
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``prometheus(target_port)`` starts the Debian prometheus binary on 127.0.0.1,
@@ -112,15 +103,25 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
             p.wait(5)
 
 
-def _query(base: str, promql: str) -> list[dict]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+def _api(base: str, path: str) -> dict | None:
+    """The ``data`` of a Prometheus HTTP API answer; None while it is not listening yet."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(f"{base}/api/v1/{path}", timeout=2) as resp:
             answer = json.loads(resp.read())
     except OSError:
-        return []  # not listening yet
+        return None
     assert answer["status"] == "success", answer
-    return answer["data"]["result"]
+    return answer["data"]
+
+
+def _query(base: str, promql: str) -> list[dict]:
+    data = _api(base, "query?" + urllib.parse.urlencode({"query": promql}))
+    return data["result"] if data else []
+
+
+def _rules(base: str) -> list[dict]:
+    data = _api(base, "rules")
+    return [r for g in data["groups"] for r in g["rules"]] if data else []
 
 
 def test_promtool_passes_and_a_real_prometheus_scrapes_the_worker(busy_worker, prometheus,

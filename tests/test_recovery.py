@@ -23,6 +23,13 @@ def _score_key(record: dict) -> tuple[str, int]:
     return record["advertiser_id"], record["window"]["start"]
 
 
+def _expected_outputs(expected) -> tuple[dict, dict]:
+    """(window -> score, alert id -> alert) of one uninterrupted offline run."""
+    return ({_score_key(o.record): o.record["risk_score"]
+             for o in expected.outputs if o.kind == "score"},
+            {a["alert_id"]: a for a in expected.alerts()})
+
+
 def _assert_output_equals_replay(bootstrap: str, prefix: str, second, exp_scores: dict,
                                  exp_alerts: dict) -> None:
     with TopicReader(bootstrap, f"{prefix}risk-scores") as scores, \
@@ -104,9 +111,7 @@ def test_sigkilled_worker_is_replaced_without_losing_or_changing_alerts(
     case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=duration_s,
                           spam_start_s=1500)
     cfg, imps, fbs, expected = case.config, case.impressions, case.feedback, case.expected
-    exp_scores = {_score_key(o.record): o.record["risk_score"]
-                  for o in expected.outputs if o.kind == "score"}
-    exp_alerts = {a["alert_id"]: a for a in expected.alerts()}
+    exp_scores, exp_alerts = _expected_outputs(expected)
     assert exp_alerts, "test design: the incident must alert offline"
 
     # First half of event time (the incident is in the second half) for the first worker.
@@ -197,9 +202,7 @@ def test_a_partition_without_state_is_read_from_its_earliest_offset(
     prefix, bootstrap = kafka_topics, kafka_broker.bootstrap
     case = simulated_case(tmp_path, seed=31, advertisers=12, duration_s=2400,
                           spam_start_s=1500)
-    exp_scores = {_score_key(o.record): o.record["risk_score"]
-                  for o in case.expected.outputs if o.kind == "score"}
-    exp_alerts = {a["alert_id"]: a for a in case.expected.alerts()}
+    exp_scores, exp_alerts = _expected_outputs(case.expected)
     produce_lines(bootstrap, f"{prefix}ad-impressions", case.impressions)
     produce_lines(bootstrap, f"{prefix}user-feedback", case.feedback)
     app_id = f"rs-test-fresh-{uuid.uuid4().hex[:8]}"
