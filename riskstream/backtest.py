@@ -215,6 +215,37 @@ def _replay(impressions: Iterable[bytes], feedback: Iterable[bytes], engine_conf
 
 
 # -- evaluation against ground truth ----------------------------------------------------------
+def incident_span(t: dict, grace_ms: int) -> tuple[int, int]:
+    """The event time ``[start, end]`` in which an alert of incident ``t``'s advertiser counts
+    for it: from its start to ``max(end + grace, signal_end)`` (see ``evaluate``)."""
+    return t["start_ms"], max(t["end_ms"] + grace_ms, t.get("signal_end_ms", 0))
+
+
+def _in_span(a: dict, t: dict, grace_ms: int) -> bool:
+    lo, hi = incident_span(t, grace_ms)
+    return (a["advertiser_id"] == t["advertiser_id"] and a["window"]["end"] > lo
+            and a["window"]["start"] <= hi)
+
+
+def incident_detections(alerts: list[dict], truth: list[dict], *, window_ms: int,
+                        grace_ms: int) -> list[tuple[dict, float | None, dict | None]]:
+    """Per incident that expects an alert: ``(incident, delay in windows or None, first alert
+    or None)``, the delay from its start to the end of the first enforce alert (open or
+    escalated) in its span, as ``evaluate`` counts them."""
+    flagged = [a for a in alerts if a["status"] in ("open", "escalated")]
+    out = []
+    for t in truth:
+        if not t.get("expected_alert", True):
+            continue
+        hits = [a for a in flagged if _in_span(a, t, grace_ms)]
+        if not hits:
+            out.append((t, None, None))
+            continue
+        first = min(hits, key=lambda a: a["window"]["end"])
+        out.append((t, max(first["window"]["end"] - t["start_ms"], 0) / window_ms, first))
+    return out
+
+
 def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms: int,
              advertiser_hours: float) -> dict[str, Any]:
     """Incident recall, episode precision, detection delay (windows) and alert volume.
@@ -229,28 +260,20 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
     """
     bad = [t for t in truth if t.get("expected_alert", True)]
     benign = [t for t in truth if not t.get("expected_alert", True)]
-    flagged = [a for a in alerts if a["status"] in ("open", "escalated")]
     opens = [a for a in alerts if a["status"] == "open"]
-
-    def matches(a: dict, t: dict) -> bool:
-        return (a["advertiser_id"] == t["advertiser_id"]
-                and a["window"]["end"] > t["start_ms"]
-                and a["window"]["start"] <= max(t["end_ms"] + grace_ms,
-                                                t.get("signal_end_ms", 0)))
 
     detected, delays = 0, []
     per_kind: dict[str, dict[str, int]] = {}
-    for t in bad:
-        hits = [a for a in flagged if matches(a, t)]
+    for t, delay, _first in incident_detections(alerts, bad, window_ms=window_ms,
+                                                grace_ms=grace_ms):
         k = per_kind.setdefault(t["kind"], {"incidents": 0, "detected": 0})
         k["incidents"] += 1
-        if hits:
+        if delay is not None:
             detected += 1
             k["detected"] += 1
-            first_end = min(a["window"]["end"] for a in hits)
-            delays.append(max(first_end - t["start_ms"], 0) / window_ms)
-    tp = sum(1 for a in opens if any(matches(a, t) for t in bad))
-    benign_alerts = sum(1 for a in opens if any(matches(a, t) for t in benign))
+            delays.append(delay)
+    tp = sum(1 for a in opens if any(_in_span(a, t, grace_ms) for t in bad))
+    benign_alerts = sum(1 for a in opens if any(_in_span(a, t, grace_ms) for t in benign))
     delays.sort()
     return {
         "delays_windows": delays,

@@ -16,6 +16,17 @@ windowing are done once (seed 9001, 200 advertisers x 4 h: capture 31 CPU-s, a r
     python -m riskstream.tuning replay --features /tmp/sim/features.jsonl \\
         --truth /tmp/sim/truth.jsonl --set CUSUM_OFFSET=2.5
 
+Over several captured runs (seeds; ``--run FEATURES TRUTH`` repeated):
+
+.. code-block:: bash
+
+    # the operating curve: recall, episode precision, benign alerts and delay per threshold
+    python -m riskstream.tuning sweep --run f1.jsonl t1.jsonl --run f2.jsonl t2.jsonl \\
+        --thresholds 0.6,0.7,0.8,0.9
+    # why an incident was missed or found late: per incident its delay, the first alert's
+    # reasons and the evidence it left (clicks, fast clicks, reports, deception signals, ...)
+    python -m riskstream.tuning incidents --run f1.jsonl t1.jsonl [--all]
+
 ``--set NAME=VALUE`` sets a constant of the model's module (``models.baseline`` for
 robust-baseline; ``module.NAME`` for another module) for the replay; values are Python literals.
 The engine's configuration (window, lateness, decision thresholds) is the one of the capture,
@@ -32,17 +43,18 @@ import ast
 import contextlib
 import importlib
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import orjson
 
+from models.baseline import window_counts
 from models.protocol import learn_after_decision
 from models.registry import get_spec
 from riskstream import backtest
 from riskstream.alerts import alert_id_for
-from riskstream.backtest import evaluate, read_lines
+from riskstream.backtest import evaluate, incident_detections, incident_span, read_lines
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.features import window_features
@@ -203,6 +215,148 @@ def summary_line(ev: dict[str, Any]) -> str:
             f"({kinds})")
 
 
+# -- several runs: operating points, and the incidents behind the figures ---------------------
+GRACE_WINDOWS = 30  # an alert up to 30 windows after an incident's end counts, as in backtest
+# The evidence an incident left, listed by ``incidents``: window counts (models.baseline's
+# ``window_counts``) summed over the incident's span.
+EVIDENCE = ("impressions", "clicks", "fast_clicks", "conversions", "reports", "scam_reports",
+            "hides", "deception", "low_ratings")
+
+
+class Run:
+    """One captured run (a seed): its features file's header and windows, and its truth."""
+
+    __slots__ = ("name", "header", "windows", "truth")
+
+    def __init__(self, features: Path | str, truth: Path | str) -> None:
+        path = Path(features)
+        self.name = path.parent.name or path.stem  # /tmp/det/s9901/features.jsonl -> s9901
+        self.header, self.windows = read_features(features)
+        self.truth = [orjson.loads(line) for line in read_lines(truth)]
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.header["window_ms"])
+
+    def decision(self, threshold: float | None = None) -> DecisionConfig:
+        """The capture's decision configuration, at ``threshold`` if given (the warm-up
+        threshold never below it)."""
+        cfg = DecisionConfig(**self.header["decision"])
+        if threshold is None:
+            return cfg
+        return replace(cfg, threshold=threshold,
+                       warmup_threshold=max(cfg.warmup_threshold, threshold))
+
+    def evaluate(self, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+        wm = self.window_ms
+        return evaluate(alerts, self.truth, window_ms=wm, grace_ms=GRACE_WINDOWS * wm,
+                        advertiser_hours=len(self.windows) * wm / 3_600_000)
+
+
+def combine(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation of several runs: counts summed, delays pooled (median and p90 of all
+    detected incidents), per-kind figures summed."""
+    total: dict[str, Any] = {k: sum(ev[k] for ev in evaluations) for k in (
+        "incidents", "detected", "alert_episodes", "true_episodes", "benign_lookalikes",
+        "alerts_on_benign", "alerts_total")}
+    delays = sorted(d for ev in evaluations for d in ev["delays_windows"])
+    per_kind: dict[str, dict[str, int]] = {}
+    for ev in evaluations:
+        for kind, k in ev["per_kind"].items():
+            into = per_kind.setdefault(kind, {"incidents": 0, "detected": 0})
+            into["incidents"] += k["incidents"]
+            into["detected"] += k["detected"]
+    total.update(
+        delays_windows=delays, per_kind=per_kind,
+        incident_recall=total["detected"] / total["incidents"] if total["incidents"] else None,
+        episode_precision=(total["true_episodes"] / total["alert_episodes"]
+                           if total["alert_episodes"] else None),
+        median_delay_windows=delays[len(delays) // 2] if delays else None,
+        p90_delay_windows=delays[int(len(delays) * 0.9)] if delays else None)
+    return total
+
+
+def sweep(runs: list[Run], thresholds: Iterable[float],
+          spec_name: str = "robust-baseline") -> list[dict[str, Any]]:
+    """The operating curve: per alert threshold, the evaluation of all runs replayed at it.
+
+    Each threshold is a replay of its own, not a re-cut of one run's scores: a flagged window
+    is not learned, so the threshold changes the baselines that later windows are judged by.
+    """
+    out = []
+    for threshold in thresholds:
+        ev = combine([run.evaluate(replay_features(run.windows, spec_name,
+                                                   run.decision(threshold)))
+                      for run in runs])
+        ev["threshold"] = threshold
+        out.append(ev)
+    return out
+
+
+def incident_rows(run: Run, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per incident that expects an alert: kind, advertiser, its baseline volume and length,
+    the delay (None when missed), the first alert's reasons, and the evidence it left over
+    its span (``EVIDENCE`` summed over the windows of ``incident_span``): the listing to read
+    when asking why an incident was missed or found late."""
+    wm = run.window_ms
+    by_adv: dict[str, list[Window]] = {}
+    for w in run.windows:
+        by_adv.setdefault(w[0], []).append(w)
+    rows = []
+    for t, delay, first in incident_detections(alerts, run.truth, window_ms=wm,
+                                               grace_ms=GRACE_WINDOWS * wm):
+        lo, hi = incident_span(t, GRACE_WINDOWS * wm)
+        evidence = dict.fromkeys(EVIDENCE, 0.0)
+        for _adv, start, end, x in by_adv.get(t["advertiser_id"], ()):
+            if end > lo and start <= hi:
+                counts = window_counts(x)
+                for name in EVIDENCE:
+                    evidence[name] += counts[name]
+        rows.append({
+            "run": run.name, "kind": t["kind"], "advertiser_id": t["advertiser_id"],
+            "impressions_per_min": t.get("baseline_impressions_per_min"),
+            "minutes": (t["end_ms"] - t["start_ms"]) / 60_000, "delay_windows": delay,
+            "reasons": first["reasons"] if first else None,
+            "evidence": {k: round(v, 1) for k, v in evidence.items()}})
+    return rows
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _markdown(header: list[str], rows: Iterable[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(cells) + " |"
+                     for cells in [header, ["---"] * len(header), *rows])
+
+
+def sweep_table(points: list[dict[str, Any]]) -> str:
+    """The operating curve as a Markdown table."""
+    kinds = sorted({k for p in points for k in p["per_kind"]})
+    return _markdown(
+        ["threshold", "incident recall", "episode precision", "benign alerted", "median delay",
+         "p90 delay", *kinds],
+        ([f"{p['threshold']:g}",
+          f"{_fmt(p['incident_recall'])} ({p['detected']}/{p['incidents']})",
+          f"{_fmt(p['episode_precision'])} ({p['true_episodes']}/{p['alert_episodes']})",
+          f"{p['alerts_on_benign']} of {p['benign_lookalikes']}",
+          _fmt(p["median_delay_windows"], "g"), _fmt(p["p90_delay_windows"], "g"),
+          *(f"{p['per_kind'][k]['detected']}/{p['per_kind'][k]['incidents']}"
+            if k in p["per_kind"] else "-" for k in kinds)] for p in points))
+
+
+def incidents_table(rows: list[dict[str, Any]]) -> str:
+    """Incident rows as a Markdown table (evidence columns in ``EVIDENCE`` order)."""
+    return _markdown(
+        ["run", "kind", "advertiser", "impressions/min", "minutes", "delay", *EVIDENCE,
+         "first alert's reasons"],
+        ([r["run"], r["kind"], r["advertiser_id"], _fmt(r["impressions_per_min"], ".1f"),
+          format(r["minutes"], "g"),
+          "missed" if r["delay_windows"] is None else format(r["delay_windows"], "g"),
+          *(format(r["evidence"][k], "g") for k in EVIDENCE),
+          ", ".join(r["reasons"] or ())] for r in rows))
+
+
 # -- CLI --------------------------------------------------------------------------------------
 def _cmd_capture(args: argparse.Namespace) -> int:
     from app.factory import engine_config
@@ -220,14 +374,10 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    header, windows = read_features(args.features)
-    truth = [orjson.loads(line) for line in read_lines(args.truth)]
-    module = get_spec(args.model).factory.__module__
-    assignments = [parse_assignment(s, module) for s in args.set or ()]
-    with constants(assignments):
-        alerts = replay_features(windows, args.model, DecisionConfig(**header["decision"]))
-    ev = evaluate(alerts, truth, window_ms=header["window_ms"], grace_ms=30 * header["window_ms"],
-                  advertiser_hours=len(windows) * header["window_ms"] / 3_600_000)
+    run = Run(args.features, args.truth)
+    with constants(_assignments(args)):
+        alerts = replay_features(run.windows, args.model, run.decision())
+    ev = run.evaluate(alerts)
     print(f"{args.features}: {summary_line(ev)}")
     if args.alerts:
         with open(args.alerts, "wb") as fh:
@@ -235,6 +385,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 fh.write(orjson.dumps(a) + b"\n")
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(ev))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> list[Run]:
+    return [Run(features, truth) for features, truth in args.run]
+
+
+def _assignments(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    module = get_spec(args.model).factory.__module__
+    return [parse_assignment(s, module) for s in args.set or ()]
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    runs = _runs(args)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    with constants(_assignments(args)):
+        points = sweep(runs, thresholds, args.model)
+    print(f"{len(runs)} run(s), model {args.model}" + "".join(f", {s}" for s in args.set or ()))
+    print(sweep_table(points))
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(points))
+    return 0
+
+
+def _cmd_incidents(args: argparse.Namespace) -> int:
+    rows, evaluations = [], []
+    with constants(_assignments(args)):
+        for run in _runs(args):
+            alerts = replay_features(run.windows, args.model, run.decision(args.threshold))
+            evaluations.append(run.evaluate(alerts))
+            rows += incident_rows(run, alerts)
+    print(summary_line(combine(evaluations)))
+    shown = [r for r in rows if args.all or r["delay_windows"] is None
+             or r["delay_windows"] > args.slower_than]
+    print(incidents_table(shown))
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(rows))
     return 0
 
 
@@ -258,6 +445,30 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--alerts", help="write the replay's alerts here (JSON lines)")
     r.add_argument("--json", help="write the evaluation here (JSON)")
     r.set_defaults(func=_cmd_replay)
+
+    def several(name: str, help_: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_)
+        q.add_argument("--run", nargs=2, action="append", required=True,
+                       metavar=("FEATURES", "TRUTH"), help="a captured run (repeatable: seeds)")
+        q.add_argument("--model", default="robust-baseline",
+                       help="model spec (default %(default)s)")
+        q.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="a constant of the model's module (repeatable)")
+        q.add_argument("--json", help="write the results here (JSON)")
+        return q
+
+    w = several("sweep", "the operating curve: recall, precision and delay per alert threshold")
+    w.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95",
+                   help="comma-separated alert thresholds (default %(default)s)")
+    w.set_defaults(func=_cmd_sweep)
+    i = several("incidents", "per incident: delay and the evidence it left (missed and slow "
+                "ones unless --all)")
+    i.add_argument("--threshold", type=float, default=None,
+                   help="alert threshold (default: the capture's)")
+    i.add_argument("--slower-than", type=float, default=3.0,
+                   help="list detected incidents slower than this many windows (default 3)")
+    i.add_argument("--all", action="store_true", help="list every incident")
+    i.set_defaults(func=_cmd_incidents)
     args = p.parse_args(argv)
     return args.func(args)
 

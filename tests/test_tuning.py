@@ -12,12 +12,16 @@ from app.settings import Settings
 from models import baseline
 from riskstream.simulate import SimConfig, generate, ground_truth, write_truth
 from riskstream.tuning import (
+    Run,
     capture,
+    combine,
     constants,
     engine_alert_summary,
+    incident_rows,
     main,
     read_features,
     replay_features,
+    sweep,
     write_features,
 )
 
@@ -93,3 +97,68 @@ def test_replay_command_evaluates_against_the_truth(tmp_path, capsys):
     assert f"recall {ev['detected']}/5" in capsys.readouterr().out
     replayed = [orjson.loads(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()]
     assert sorted(replayed, key=key) == engine_alerts()
+
+
+@pytest.fixture
+def run(tmp_path):
+    windows, _result = captured()
+    write_features(tmp_path / "features.jsonl", windows, ECFG)
+    write_truth(ground_truth(SIM), str(tmp_path / "truth.jsonl"))
+    return Run(tmp_path / "features.jsonl", tmp_path / "truth.jsonl")
+
+
+def test_a_sweep_point_is_the_replay_at_that_threshold(run):
+    at_capture, strict, loose = sweep([run], [ECFG.decision.threshold, 0.99, 0.05])
+    expected = run.evaluate(replay_features(run.windows, decision=ECFG.decision))
+    assert {k: v for k, v in at_capture.items() if k != "threshold"} == combine([expected])
+    assert at_capture["threshold"] == ECFG.decision.threshold
+    # the threshold is applied: more episodes at 0.05 than at 0.99
+    assert loose["alert_episodes"] > at_capture["alert_episodes"] >= strict["alert_episodes"]
+    assert run.decision(0.99).warmup_threshold == 0.99  # never below the threshold
+    assert run.decision(0.05).warmup_threshold == ECFG.decision.warmup_threshold
+
+
+def test_combine_sums_runs_and_pools_delays(run):
+    ev = run.evaluate(replay_features(run.windows, decision=ECFG.decision))
+    both = combine([ev, ev])
+    assert both["incidents"] == 2 * ev["incidents"] and both["detected"] == 2 * ev["detected"]
+    assert both["delays_windows"] == sorted(ev["delays_windows"] * 2)
+    assert both["incident_recall"] == ev["incident_recall"]
+    assert both["median_delay_windows"] == ev["median_delay_windows"]
+    assert all(both["per_kind"][k]["incidents"] == 2 * v["incidents"]
+               for k, v in ev["per_kind"].items())
+
+
+def test_incident_rows_give_evaluates_delays_and_the_evidence_in_the_span(run):
+    alerts = replay_features(run.windows, decision=ECFG.decision)
+    rows = incident_rows(run, alerts)
+    ev = run.evaluate(alerts)
+    assert len(rows) == ev["incidents"] == 5
+    assert sorted(r["delay_windows"] for r in rows if r["delay_windows"] is not None) == (
+        ev["delays_windows"])
+    assert all((r["reasons"] is None) == (r["delay_windows"] is None) for r in rows)
+    spam = next(r for r in rows if r["kind"] == "click_spam")
+    t = next(t for t in run.truth if t["kind"] == "click_spam")
+    lo, hi = t["start_ms"], max(t["end_ms"] + 30 * run.window_ms, t["signal_end_ms"])
+    clicks = sum(x["clicks"] for adv, start, end, x in run.windows
+                 if adv == t["advertiser_id"] and end > lo and start <= hi)
+    assert clicks > 0 and spam["evidence"]["clicks"] == round(clicks, 1)
+    assert spam["evidence"]["fast_clicks"] > 0
+
+
+def test_sweep_and_incidents_commands(run, capsys, tmp_path):
+    files = [f"{tmp_path}/features.jsonl", f"{tmp_path}/truth.jsonl"]
+    assert main(["sweep", "--run", *files, "--run", *files, "--thresholds", "0.8,0.95",
+                 "--json", str(tmp_path / "sweep.json")]) == 0
+    out = capsys.readouterr().out
+    points = orjson.loads((tmp_path / "sweep.json").read_bytes())
+    assert [p["threshold"] for p in points] == [0.8, 0.95]
+    assert points[0]["incidents"] == 10  # two runs of five
+    assert f"| 0.8 | {points[0]['incident_recall']:.3f} (" in out
+    assert main(["incidents", "--run", *files, "--all", "--json",
+                 str(tmp_path / "incidents.json")]) == 0
+    out = capsys.readouterr().out
+    rows = orjson.loads((tmp_path / "incidents.json").read_bytes())
+    assert {r["kind"] for r in rows} == {"click_spam", "scam_ad", "cloaking", "slow_ramp",
+                                         "bot_burst"}
+    assert all(f"| {r['advertiser_id']} |" in out for r in rows)
