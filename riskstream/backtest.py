@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sized
 import orjson
 from aiokafka.partitioner import murmur2
 
+from models.baseline import window_counts
 from riskstream.engine import DictStore, EngineConfig, ModelConfig, Output, RiskEngine
 from riskstream.events import InvalidEvent, Limits, validate_feedback, validate_impression
 
@@ -246,6 +247,53 @@ def incident_detections(alerts: list[dict], truth: list[dict], *, window_ms: int
     return out
 
 
+# The evidence an incident left (``incident_evidence``): models.baseline's ``window_counts``
+# summed over the incident's span.
+EVIDENCE = ("impressions", "clicks", "fast_clicks", "conversions", "reports", "scam_reports",
+            "hides", "deception", "low_ratings")
+
+
+def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
+                      truth: list[dict], alerts: list[dict], *, window_ms: int,
+                      grace_ms: int) -> list[dict[str, Any]]:
+    """Per incident that expects an alert: kind, advertiser, its baseline volume and length,
+    the delay in windows (None when missed), the first alert's reasons, and the evidence it left
+    over its span (``EVIDENCE`` summed over the closed windows ``(advertiser, start, end,
+    features)`` inside ``incident_span``): what to read when asking why an incident was missed
+    or found late -- a cloaked page that drew 2 deception signals in three hours left nothing a
+    detector could tell from an honest page."""
+    by_adv: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
+    for adv, start, end, x in windows:
+        by_adv.setdefault(adv, []).append((start, end, x))
+    rows = []
+    for t, delay, first in incident_detections(alerts, truth, window_ms=window_ms,
+                                               grace_ms=grace_ms):
+        lo, hi = incident_span(t, grace_ms)
+        evidence = dict.fromkeys(EVIDENCE, 0.0)
+        for start, end, x in by_adv.get(t["advertiser_id"], ()):
+            if end > lo and start <= hi:
+                counts = window_counts(x)
+                for name in EVIDENCE:
+                    evidence[name] += counts[name]
+        rows.append({
+            "kind": t["kind"], "advertiser_id": t["advertiser_id"],
+            "impressions_per_min": t.get("baseline_impressions_per_min"),
+            "minutes": (t["end_ms"] - t["start_ms"]) / 60_000, "delay_windows": delay,
+            "reasons": [_reason_name(r) for r in first["reasons"]
+                        if not isinstance(r, dict) or r.get("type") != "lifecycle"]
+            if first else None,
+            "evidence": {k: round(v, 1) for k, v in evidence.items()}})
+    return rows
+
+
+def _reason_name(reason: Any) -> str:
+    """A reason as a name: the explaining feature or the rule's code (alerts of the contract
+    carry objects, the tuning replay's plain names)."""
+    if isinstance(reason, str):
+        return reason
+    return reason.get("feature") or reason.get("code") or str(reason)
+
+
 def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms: int,
              advertiser_hours: float) -> dict[str, Any]:
     """Incident recall, episode precision, detection delay (windows) and alert volume.
@@ -407,19 +455,24 @@ def run(args: Any, settings: Any) -> int:
             "events_per_s": round(result.events_per_s), "seconds": round(result.seconds, 3),
             "invalid": result.invalid, "alerts": len(alerts),
         }
+        scores = [o.record for o in result.outputs if o.kind == "score"]
         if truth is not None:
             entry["evaluation"] = evaluate(
                 alerts, truth, window_ms=ecfg.window_ms, grace_ms=30 * ecfg.window_ms,
                 advertiser_hours=advertiser_hours_of(result, ecfg.window_ms))
+            entry["incidents"] = incident_evidence(
+                ((r["advertiser_id"], r["window"]["start"], r["window"]["end"], r["metrics"])
+                 for r in scores), truth, alerts, window_ms=ecfg.window_ms,
+                grace_ms=30 * ecfg.window_ms)
         report["models"][spec] = entry
         if args.report:
             from riskstream.report import write_html
 
             rdir = Path(args.report)
             rdir.mkdir(parents=True, exist_ok=True)
-            write_html(rdir / f"report-{spec}.html", spec,
-                       [o.record for o in result.outputs if o.kind == "score"], alerts, truth,
-                       entry.get("evaluation"), ecfg.decision.threshold)
+            write_html(rdir / f"report-{spec}.html", spec, scores, alerts, truth,
+                       entry.get("evaluation"), ecfg.decision.threshold,
+                       incidents=entry.get("incidents"))
         print(f"{spec}: {result.events:,} events in {result.seconds:.2f}s "
               f"({result.events_per_s:,.0f}/s), {len(alerts)} alerts -> {out_path}")
         if "evaluation" in entry:

@@ -1,6 +1,7 @@
 """The backtest's HTML report: one self-contained page (inline SVG, no plotting dependency) for
 people who would rather look than read: score timelines of flagged advertisers with incidents
-shaded, recall per incident kind, and the detection-delay distribution."""
+shaded, recall per incident kind, the detection-delay distribution, and the missed and late
+incidents with the evidence each left."""
 
 from __future__ import annotations
 
@@ -57,9 +58,38 @@ def _bars(rows: list[tuple[str, float]], unit: str = "") -> str:
     return "".join(parts)
 
 
+def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
+    """Missed incidents and those found later than ``slower_than`` windows, with the evidence
+    each left over its span (``backtest.incident_evidence``)."""
+    rows = [r for r in incidents
+            if r["delay_windows"] is None or r["delay_windows"] > slower_than]
+    head = (f"<h2>Missed and late incidents: the evidence they left</h2><p>{len(rows)} of "
+            f"{len(incidents)} incidents missed or found after more than {slower_than:g} windows. "
+            "Evidence: counts summed over the incident's span (its start to 30 windows after its "
+            "end, or to the end of its trailing complaints). An incident that left no more "
+            "evidence than an honest advertiser's traffic cannot be told from it.</p>")
+    if not rows:
+        return head
+    names = list(rows[0]["evidence"])
+    cells = ["kind", "advertiser", "impressions/min", "minutes", "delay (windows)", *names,
+             "first alert's reasons"]
+    out = [head, "<div style='overflow-x:auto'><table><tr>"
+           + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"]
+    for r in rows:
+        values = [r["kind"], r["advertiser_id"],
+                  "" if r["impressions_per_min"] is None else f"{r['impressions_per_min']:.1f}",
+                  f"{r['minutes']:g}",
+                  "missed" if r["delay_windows"] is None else f"{r['delay_windows']:g}",
+                  *(f"{r['evidence'][n]:g}" for n in names), ", ".join(r["reasons"] or ())]
+        out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
+    return "".join(out) + "</table></div>"
+
+
 def write_html(path: Path, spec: str, scores: list[dict], alerts: list[dict],
                truth: list[dict] | None, evaluation: dict[str, Any] | None,
-               threshold: float, max_advertisers: int = 40) -> None:
+               threshold: float, max_advertisers: int = 40,
+               incidents: list[dict[str, Any]] | None = None,
+               slower_than: float = 3.0) -> None:
     by_adv: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for s in scores:
         by_adv[s["advertiser_id"]].append((s["window"]["start"], s["risk_score"]))
@@ -92,6 +122,8 @@ def write_html(path: Path, spec: str, scores: list[dict], alerts: list[dict],
                 buckets[f"{int(d)} windows" if d < 10 else ">= 10 windows"] += 1
             out.append("<h2>Detection delay</h2>")
             out.append(_bars(sorted(buckets.items(), key=lambda kv: (len(kv[0]), kv[0]))))
+    if incidents is not None:
+        out.append(_incident_table(incidents, slower_than))
     out.append("<h2>Score timelines</h2><p>Red shading: incidents that must alert; green: benign "
                "look-alikes that must not. Dashed line: alert threshold; dots: alerts.</p>")
     for adv in shown:

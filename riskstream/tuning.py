@@ -49,12 +49,11 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from models.baseline import window_counts
 from models.protocol import learn_after_decision
 from models.registry import get_spec
 from riskstream import backtest
 from riskstream.alerts import alert_id_for
-from riskstream.backtest import evaluate, incident_detections, incident_span, read_lines
+from riskstream.backtest import EVIDENCE, evaluate, incident_evidence, read_lines
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.features import window_features
@@ -217,10 +216,6 @@ def summary_line(ev: dict[str, Any]) -> str:
 
 # -- several runs: operating points, and the incidents behind the figures ---------------------
 GRACE_WINDOWS = 30  # an alert up to 30 windows after an incident's end counts, as in backtest
-# The evidence an incident left, listed by ``incidents``: window counts (models.baseline's
-# ``window_counts``) summed over the incident's span.
-EVIDENCE = ("impressions", "clicks", "fast_clicks", "conversions", "reports", "scam_reports",
-            "hides", "deception", "low_ratings")
 
 
 class Run:
@@ -294,31 +289,10 @@ def sweep(runs: list[Run], thresholds: Iterable[float],
 
 
 def incident_rows(run: Run, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per incident that expects an alert: kind, advertiser, its baseline volume and length,
-    the delay (None when missed), the first alert's reasons, and the evidence it left over
-    its span (``EVIDENCE`` summed over the windows of ``incident_span``): the listing to read
-    when asking why an incident was missed or found late."""
-    wm = run.window_ms
-    by_adv: dict[str, list[Window]] = {}
-    for w in run.windows:
-        by_adv.setdefault(w[0], []).append(w)
-    rows = []
-    for t, delay, first in incident_detections(alerts, run.truth, window_ms=wm,
-                                               grace_ms=GRACE_WINDOWS * wm):
-        lo, hi = incident_span(t, GRACE_WINDOWS * wm)
-        evidence = dict.fromkeys(EVIDENCE, 0.0)
-        for _adv, start, end, x in by_adv.get(t["advertiser_id"], ()):
-            if end > lo and start <= hi:
-                counts = window_counts(x)
-                for name in EVIDENCE:
-                    evidence[name] += counts[name]
-        rows.append({
-            "run": run.name, "kind": t["kind"], "advertiser_id": t["advertiser_id"],
-            "impressions_per_min": t.get("baseline_impressions_per_min"),
-            "minutes": (t["end_ms"] - t["start_ms"]) / 60_000, "delay_windows": delay,
-            "reasons": first["reasons"] if first else None,
-            "evidence": {k: round(v, 1) for k, v in evidence.items()}})
-    return rows
+    """``backtest.incident_evidence`` of one run, each row naming the run."""
+    return [{"run": run.name, **row} for row in incident_evidence(
+        run.windows, run.truth, alerts, window_ms=run.window_ms,
+        grace_ms=GRACE_WINDOWS * run.window_ms)]
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:

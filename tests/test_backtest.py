@@ -172,6 +172,13 @@ def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     assert ev["incidents"] == 1 and ev["detected"] == 1 and ev["incident_recall"] == 1.0
     assert ev["per_kind"] == {"click_spam": {"incidents": 1, "detected": 1}}
     assert ev["alerts_total"] == len(alerts)
+    # per incident: its delay as evaluated, and the evidence it left over its span
+    (row,) = entry["incidents"]
+    assert row["kind"] == "click_spam" and row["delay_windows"] == ev["delays_windows"][0]
+    assert row["evidence"]["clicks"] > 0 and row["evidence"]["fast_clicks"] > 0
+    assert row["reasons"] and all(isinstance(r, str) for r in row["reasons"])
+    page = (report_dir / f"report-{Settings().model_spec}.html").read_text()
+    assert "Missed and late incidents" in page
 
 
 def test_backtest_cli_needs_inputs(tmp_path: Path):
@@ -181,3 +188,22 @@ def test_backtest_cli_needs_inputs(tmp_path: Path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--impressions" in proc.stderr
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_report_lists_missed_and_late_incidents_with_their_evidence(tmp_path: Path):
+    from riskstream.report import write_html
+
+    def row(adv: str, delay: float | None) -> dict:
+        return {"kind": "cloaking", "advertiser_id": adv, "impressions_per_min": 52.8,
+                "minutes": 37.0, "delay_windows": delay,
+                "reasons": None if delay is None else ["deception_rate"],
+                "evidence": {"impressions": 7302.0, "deception": 1.0}}
+
+    path = tmp_path / "r.html"
+    write_html(path, "m", [], [], [], None, 0.8,
+               incidents=[row("adv-<1>", None), row("adv-2", 12.0), row("adv-3", 2.0)])
+    page = path.read_text()
+    assert "2 of 3 incidents missed or found after more than 3 windows" in page
+    assert "adv-&lt;1&gt;" in page and "<td>missed</td>" in page  # escaped
+    assert "<td>adv-2</td>" in page and "<td>12</td>" in page
+    assert "adv-3" not in page  # found within 3 windows
