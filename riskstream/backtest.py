@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sized
 
 import orjson
 from aiokafka.partitioner import murmur2
+from scipy.special import gammainc
 
 from models.baseline import window_counts
 from riskstream.engine import DictStore, EngineConfig, ModelConfig, Output, RiskEngine
@@ -253,15 +254,56 @@ EVIDENCE = ("impressions", "clicks", "fast_clicks", "conversions", "reports", "s
             "hides", "deception", "low_ratings")
 
 
+# (numerator, denominator) of the evidence whose surprise ``incident_evidence`` measures
+SURPRISE_STREAMS = (("clicks", "impressions"), ("fast_clicks", "clicks"),
+                    ("conversions", "clicks"), ("reports", "impressions"),
+                    ("scam_reports", "impressions"), ("hides", "impressions"),
+                    ("deception", "impressions"), ("low_ratings", "impressions"))
+
+
+def poisson_tail(k: float, lam: float) -> float:
+    """``P(X >= k)`` for ``X ~ Poisson(lam)``, ``k`` rounded to a whole count.
+
+    >>> poisson_tail(0, 3.0), poisson_tail(2, 0.0)
+    (1.0, 0.0)
+    >>> round(poisson_tail(3, 0.5), 4)  # 1 - e^-0.5 (1 + 0.5 + 0.125)
+    0.0144
+    """
+    n = round(k)
+    if n <= 0:
+        return 1.0
+    if lam <= 0.0:
+        return 0.0
+    return float(gammainc(n, lam))  # the regularised lower incomplete gamma: P(X >= n)
+
+
+def _surprise(during: dict[str, float], before: dict[str, float]) -> dict[str, Any] | None:
+    """The stream of ``SURPRISE_STREAMS`` whose count over an incident's span is least likely
+    at the advertiser's own rate before the incident (its events + 0.5 over its denominator):
+    ``{"stream", "observed", "expected", "p"}``, or None without history."""
+    best = None
+    for num, den in SURPRISE_STREAMS:
+        if before[den] <= 0 or during[den] <= 0:
+            continue
+        expected = (before[num] + 0.5) / before[den] * during[den]
+        p = poisson_tail(during[num], expected)
+        if best is None or p < best["p"]:
+            best = {"stream": num, "observed": round(during[num]),
+                    "expected": round(expected, 2), "p": p}
+    return best
+
+
 def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
                       truth: list[dict], alerts: list[dict], *, window_ms: int,
                       grace_ms: int) -> list[dict[str, Any]]:
     """Per incident that expects an alert: kind, advertiser, its baseline volume and length,
     the delay in windows (None when missed), the first alert's reasons, and the evidence it left
     over its span (``EVIDENCE`` summed over the closed windows ``(advertiser, start, end,
-    features)`` inside ``incident_span``): what to read when asking why an incident was missed
-    or found late -- a cloaked page that drew 2 deception signals in three hours left nothing a
-    detector could tell from an honest page."""
+    features)`` inside ``incident_span``), and its ``surprise``: the count least likely at the
+    advertiser's own rate before the incident, with that probability (``_surprise``). What to
+    read when asking why an incident was missed or found late: a miss with a tiny ``p`` is the
+    model's failure; a cloaked page that drew 2 deception signals in three hours where 1 was
+    expected (p ~ 0.26) left nothing a detector could tell from an honest page."""
     by_adv: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
     for adv, start, end, x in windows:
         by_adv.setdefault(adv, []).append((start, end, x))
@@ -270,11 +312,13 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
                                                grace_ms=grace_ms):
         lo, hi = incident_span(t, grace_ms)
         evidence = dict.fromkeys(EVIDENCE, 0.0)
+        before = dict.fromkeys(EVIDENCE, 0.0)
         for start, end, x in by_adv.get(t["advertiser_id"], ()):
-            if end > lo and start <= hi:
+            into = evidence if end > lo and start <= hi else before if end <= lo else None
+            if into is not None:
                 counts = window_counts(x)
                 for name in EVIDENCE:
-                    evidence[name] += counts[name]
+                    into[name] += counts[name]
         rows.append({
             "kind": t["kind"], "advertiser_id": t["advertiser_id"],
             "impressions_per_min": t.get("baseline_impressions_per_min"),
@@ -282,8 +326,17 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
             "reasons": [_reason_name(r) for r in first["reasons"]
                         if not isinstance(r, dict) or r.get("type") != "lifecycle"]
             if first else None,
-            "evidence": {k: round(v, 1) for k, v in evidence.items()}})
+            "evidence": {k: round(v, 1) for k, v in evidence.items()},
+            "surprise": _surprise(evidence, before)})
     return rows
+
+
+def surprise_cells(row: dict[str, Any]) -> tuple[str, str]:
+    """An incident row's surprise as two table cells: "stream observed (expected)" and p."""
+    sp = row.get("surprise")
+    if sp is None:
+        return "-", "-"
+    return f"{sp['stream']} {sp['observed']} ({sp['expected']:g})", f"{sp['p']:.2g}"
 
 
 def _reason_name(reason: Any) -> str:

@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from riskstream.backtest import surprise_cells
+
 W, H, PAD = 720, 120, 4
 
 
@@ -66,12 +68,15 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
     head = (f"<h2>Missed and late incidents: the evidence they left</h2><p>{len(rows)} of "
             f"{len(incidents)} incidents missed or found after more than {slower_than:g} windows. "
             "Evidence: counts summed over the incident's span (its start to 30 windows after its "
-            "end, or to the end of its trailing complaints). An incident that left no more "
-            "evidence than an honest advertiser's traffic cannot be told from it.</p>")
+            "end, or to the end of its trailing complaints). p: how likely the least likely of "
+            "its counts is at the advertiser's own rate before the incident; an incident whose "
+            "counts are that likely left nothing to tell it from the advertiser's honest "
+            "traffic.</p>")
     if not rows:
         return head
     names = list(rows[0]["evidence"])
     cells = ["kind", "advertiser", "impressions/min", "minutes", "delay (windows)", *names,
+             "least likely count (expected at its own earlier rate)", "p",
              "first alert's reasons"]
     out = [head, "<div style='overflow-x:auto'><table><tr>"
            + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"]
@@ -80,7 +85,8 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
                   "" if r["impressions_per_min"] is None else f"{r['impressions_per_min']:.1f}",
                   f"{r['minutes']:g}",
                   "missed" if r["delay_windows"] is None else f"{r['delay_windows']:g}",
-                  *(f"{r['evidence'][n]:g}" for n in names), ", ".join(r["reasons"] or ())]
+                  *(f"{r['evidence'][n]:g}" for n in names), *surprise_cells(r),
+                  ", ".join(r["reasons"] or ())]
         out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
     return "".join(out) + "</table></div>"
 

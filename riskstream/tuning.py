@@ -53,7 +53,13 @@ from models.protocol import learn_after_decision
 from models.registry import get_spec
 from riskstream import backtest
 from riskstream.alerts import alert_id_for
-from riskstream.backtest import EVIDENCE, evaluate, incident_evidence, read_lines
+from riskstream.backtest import (
+    EVIDENCE,
+    evaluate,
+    incident_evidence,
+    read_lines,
+    surprise_cells,
+)
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
 from riskstream.engine import EngineConfig, ModelConfig, RiskEngine
 from riskstream.features import window_features
@@ -323,11 +329,11 @@ def incidents_table(rows: list[dict[str, Any]]) -> str:
     """Incident rows as a Markdown table (evidence columns in ``EVIDENCE`` order)."""
     return _markdown(
         ["run", "kind", "advertiser", "impressions/min", "minutes", "delay", *EVIDENCE,
-         "first alert's reasons"],
+         "least likely count (vs expected)", "p", "first alert's reasons"],
         ([r["run"], r["kind"], r["advertiser_id"], _fmt(r["impressions_per_min"], ".1f"),
           format(r["minutes"], "g"),
           "missed" if r["delay_windows"] is None else format(r["delay_windows"], "g"),
-          *(format(r["evidence"][k], "g") for k in EVIDENCE),
+          *(format(r["evidence"][k], "g") for k in EVIDENCE), *surprise_cells(r),
           ", ".join(r["reasons"] or ())] for r in rows))
 
 

@@ -177,6 +177,10 @@ def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     assert row["kind"] == "click_spam" and row["delay_windows"] == ev["delays_windows"][0]
     assert row["evidence"]["clicks"] > 0 and row["evidence"]["fast_clicks"] > 0
     assert row["reasons"] and all(isinstance(r, str) for r in row["reasons"])
+    # click spam: far more (fast) clicks than the advertiser's own earlier rate allows
+    assert row["surprise"]["stream"] in ("clicks", "fast_clicks")
+    assert row["surprise"]["observed"] > row["surprise"]["expected"]
+    assert row["surprise"]["p"] < 1e-6
     page = (report_dir / f"report-{Settings().model_spec}.html").read_text()
     assert "Missed and late incidents" in page
 
@@ -200,10 +204,29 @@ def test_report_lists_missed_and_late_incidents_with_their_evidence(tmp_path: Pa
                 "evidence": {"impressions": 7302.0, "deception": 1.0}}
 
     path = tmp_path / "r.html"
+    missed = row("adv-<1>", None) | {"surprise": {"stream": "deception", "observed": 2,
+                                                  "expected": 1.1, "p": 0.3}}
     write_html(path, "m", [], [], [], None, 0.8,
-               incidents=[row("adv-<1>", None), row("adv-2", 12.0), row("adv-3", 2.0)])
+               incidents=[missed, row("adv-2", 12.0), row("adv-3", 2.0)])
     page = path.read_text()
+    assert "<td>deception 2 (1.1)</td><td>0.3</td>" in page
     assert "2 of 3 incidents missed or found after more than 3 windows" in page
     assert "adv-&lt;1&gt;" in page and "<td>missed</td>" in page  # escaped
     assert "<td>adv-2</td>" in page and "<td>12</td>" in page
     assert "adv-3" not in page  # found within 3 windows
+
+
+def test_surprise_names_the_least_likely_count_at_the_advertisers_own_earlier_rate():
+    from riskstream.backtest import EVIDENCE, _surprise, poisson_tail
+
+    before = dict.fromkeys(EVIDENCE, 0.0) | {"impressions": 100_000.0, "clicks": 1_000.0,
+                                             "deception": 5.5, "reports": 39.5}
+    during = dict.fromkeys(EVIDENCE, 0.0) | {"impressions": 10_000.0, "clicks": 100.0,
+                                             "deception": 6.0, "reports": 4.0}
+    sp = _surprise(during, before)
+    # deception: 6 where (5.5 + 0.5) / 100k x 10k = 0.6 were expected; reports 4 of 4 expected
+    assert sp == {"stream": "deception", "observed": 6, "expected": 0.6,
+                  "p": poisson_tail(6, 0.6)}
+    assert 1e-5 < sp["p"] < 1e-4
+    assert _surprise(during, dict.fromkeys(EVIDENCE, 0.0)) is None  # no history
+    assert poisson_tail(4, 4.0) > 0.5 > poisson_tail(10, 4.0)
