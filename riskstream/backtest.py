@@ -277,7 +277,7 @@ def poisson_tail(k: float, lam: float) -> float:
     return float(gammainc(n, lam))  # the regularised lower incomplete gamma: P(X >= n)
 
 
-def _surprise(during: dict[str, float], before: dict[str, float]) -> dict[str, Any] | None:
+def surprise(during: dict[str, float], before: dict[str, float]) -> dict[str, Any] | None:
     """The stream of ``SURPRISE_STREAMS`` whose count over an incident's span is least likely
     at the advertiser's own rate before the incident (its events + 0.5 over its denominator):
     ``{"stream", "observed", "expected", "p"}``, or None without history."""
@@ -293,6 +293,21 @@ def _surprise(during: dict[str, float], before: dict[str, float]) -> dict[str, A
     return best
 
 
+def span_counts(windows: Iterable[tuple[int, int, dict[str, float]]], lo: int,
+                hi: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``EVIDENCE`` summed over one advertiser's windows ``(start, end, features)`` in the span
+    ``[lo, hi]`` (as ``incident_span``) and over those before it."""
+    during = dict.fromkeys(EVIDENCE, 0.0)
+    before = dict.fromkeys(EVIDENCE, 0.0)
+    for start, end, x in windows:
+        into = during if end > lo and start <= hi else before if end <= lo else None
+        if into is not None:
+            counts = window_counts(x)
+            for name in EVIDENCE:
+                into[name] += counts[name]
+    return during, before
+
+
 def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
                       truth: list[dict], alerts: list[dict], *, window_ms: int,
                       grace_ms: int) -> list[dict[str, Any]]:
@@ -300,7 +315,7 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
     the delay in windows (None when missed), the first alert's reasons, and the evidence it left
     over its span (``EVIDENCE`` summed over the closed windows ``(advertiser, start, end,
     features)`` inside ``incident_span``), and its ``surprise``: the count least likely at the
-    advertiser's own rate before the incident, with that probability (``_surprise``). What to
+    advertiser's own rate before the incident, with that probability (``surprise``). What to
     read when asking why an incident was missed or found late: a miss with a tiny ``p`` is the
     model's failure; a cloaked page that drew 2 deception signals in three hours where 1 was
     expected (p ~ 0.26) left nothing a detector could tell from an honest page."""
@@ -311,14 +326,7 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
     for t, delay, first in incident_detections(alerts, truth, window_ms=window_ms,
                                                grace_ms=grace_ms):
         lo, hi = incident_span(t, grace_ms)
-        evidence = dict.fromkeys(EVIDENCE, 0.0)
-        before = dict.fromkeys(EVIDENCE, 0.0)
-        for start, end, x in by_adv.get(t["advertiser_id"], ()):
-            into = evidence if end > lo and start <= hi else before if end <= lo else None
-            if into is not None:
-                counts = window_counts(x)
-                for name in EVIDENCE:
-                    into[name] += counts[name]
+        evidence, before = span_counts(by_adv.get(t["advertiser_id"], ()), lo, hi)
         rows.append({
             "kind": t["kind"], "advertiser_id": t["advertiser_id"],
             "impressions_per_min": t.get("baseline_impressions_per_min"),
@@ -327,7 +335,7 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
                         if not isinstance(r, dict) or r.get("type") != "lifecycle"]
             if first else None,
             "evidence": {k: round(v, 1) for k, v in evidence.items()},
-            "surprise": _surprise(evidence, before)})
+            "surprise": surprise(evidence, before)})
     return rows
 
 

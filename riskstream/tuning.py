@@ -57,7 +57,10 @@ from riskstream.backtest import (
     EVIDENCE,
     evaluate,
     incident_evidence,
+    incident_span,
     read_lines,
+    span_counts,
+    surprise,
     surprise_cells,
 )
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
@@ -301,6 +304,33 @@ def incident_rows(run: Run, alerts: list[dict[str, Any]]) -> list[dict[str, Any]
         grace_ms=GRACE_WINDOWS * run.window_ms)]
 
 
+def honest_ranks(run: Run, rows: list[dict[str, Any]]) -> None:
+    """Add ``honest_rank`` to each of the run's incident rows: the share of its advertisers
+    without any incident (of at least half the incident's impressions over the same span)
+    whose least likely count over that span is at least as unlikely as the incident's. A
+    detector that caught the incident on its evidence would flag about that share of honest
+    advertisers too: 0.2 means one in five; None, no advertiser to compare with."""
+    involved = {t["advertiser_id"] for t in run.truth}
+    honest: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
+    for adv, start, end, x in run.windows:
+        if adv not in involved:
+            honest.setdefault(adv, []).append((start, end, x))
+    expecting = [t for t in run.truth if t.get("expected_alert", True)]
+    for t, row in zip(expecting, rows):
+        lo, hi = incident_span(t, GRACE_WINDOWS * run.window_ms)
+        p = row["surprise"]["p"] if row["surprise"] else 1.0
+        at_least, compared = 0, 0
+        for windows in honest.values():
+            during, before = span_counts(windows, lo, hi)
+            if during["impressions"] < 0.5 * row["evidence"]["impressions"]:
+                continue
+            sp = surprise(during, before)
+            if sp is not None:
+                compared += 1
+                at_least += sp["p"] <= p
+        row["honest_rank"] = round(at_least / compared, 3) if compared else None
+
+
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -327,13 +357,16 @@ def sweep_table(points: list[dict[str, Any]]) -> str:
 
 def incidents_table(rows: list[dict[str, Any]]) -> str:
     """Incident rows as a Markdown table (evidence columns in ``EVIDENCE`` order)."""
+    ranked = any("honest_rank" in r for r in rows)
     return _markdown(
         ["run", "kind", "advertiser", "impressions/min", "minutes", "delay", *EVIDENCE,
-         "least likely count (vs expected)", "p", "first alert's reasons"],
+         "least likely count (vs expected)", "p", *(["honest rank"] if ranked else []),
+         "first alert's reasons"],
         ([r["run"], r["kind"], r["advertiser_id"], _fmt(r["impressions_per_min"], ".1f"),
           format(r["minutes"], "g"),
           "missed" if r["delay_windows"] is None else format(r["delay_windows"], "g"),
           *(format(r["evidence"][k], "g") for k in EVIDENCE), *surprise_cells(r),
+          *([_fmt(r.get("honest_rank"))] if ranked else []),
           ", ".join(r["reasons"] or ())] for r in rows))
 
 
@@ -395,7 +428,10 @@ def _cmd_incidents(args: argparse.Namespace) -> int:
         for run in _runs(args):
             alerts = replay_features(run.windows, args.model, run.decision(args.threshold))
             evaluations.append(run.evaluate(alerts))
-            rows += incident_rows(run, alerts)
+            run_rows = incident_rows(run, alerts)
+            if args.honest_rank:
+                honest_ranks(run, run_rows)
+            rows += run_rows
     print(summary_line(combine(evaluations)))
     shown = [r for r in rows if args.all or r["delay_windows"] is None
              or r["delay_windows"] > args.slower_than]
@@ -448,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--slower-than", type=float, default=3.0,
                    help="list detected incidents slower than this many windows (default 3)")
     i.add_argument("--all", action="store_true", help="list every incident")
+    i.add_argument("--honest-rank", action="store_true",
+                   help="per incident, the share of advertisers without incidents whose least "
+                        "likely count over the same span is as unlikely (slower)")
     i.set_defaults(func=_cmd_incidents)
     args = p.parse_args(argv)
     return args.func(args)

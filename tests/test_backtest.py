@@ -216,17 +216,17 @@ def test_report_lists_missed_and_late_incidents_with_their_evidence(tmp_path: Pa
     assert "adv-3" not in page  # found within 3 windows
 
 
-def test_surprise_names_the_least_likely_count_at_the_advertisers_own_earlier_rate():
-    from riskstream.backtest import EVIDENCE, _surprise, poisson_tail
+def testsurprise_names_the_least_likely_count_at_the_advertisers_own_earlier_rate():
+    from riskstream.backtest import EVIDENCE, surprise, poisson_tail
 
     before = dict.fromkeys(EVIDENCE, 0.0) | {"impressions": 100_000.0, "clicks": 1_000.0,
                                              "deception": 5.5, "reports": 39.5}
     during = dict.fromkeys(EVIDENCE, 0.0) | {"impressions": 10_000.0, "clicks": 100.0,
                                              "deception": 6.0, "reports": 4.0}
-    sp = _surprise(during, before)
+    sp = surprise(during, before)
     # deception: 6 where (5.5 + 0.5) / 100k x 10k = 0.6 were expected; reports 4 of 4 expected
     assert sp == {"stream": "deception", "observed": 6, "expected": 0.6,
                   "p": poisson_tail(6, 0.6)}
     assert 1e-5 < sp["p"] < 1e-4
-    assert _surprise(during, dict.fromkeys(EVIDENCE, 0.0)) is None  # no history
+    assert surprise(during, dict.fromkeys(EVIDENCE, 0.0)) is None  # no history
     assert poisson_tail(4, 4.0) > 0.5 > poisson_tail(10, 4.0)

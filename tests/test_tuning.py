@@ -17,6 +17,7 @@ from riskstream.tuning import (
     combine,
     constants,
     engine_alert_summary,
+    honest_ranks,
     incident_rows,
     main,
     read_features,
@@ -155,10 +156,24 @@ def test_sweep_and_incidents_commands(run, capsys, tmp_path):
     assert [p["threshold"] for p in points] == [0.8, 0.95]
     assert points[0]["incidents"] == 10  # two runs of five
     assert f"| 0.8 | {points[0]['incident_recall']:.3f} (" in out
-    assert main(["incidents", "--run", *files, "--all", "--json",
+    assert main(["incidents", "--run", *files, "--all", "--honest-rank", "--json",
                  str(tmp_path / "incidents.json")]) == 0
     out = capsys.readouterr().out
     rows = orjson.loads((tmp_path / "incidents.json").read_bytes())
     assert {r["kind"] for r in rows} == {"click_spam", "scam_ad", "cloaking", "slow_ramp",
                                          "bot_burst"}
     assert all(f"| {r['advertiser_id']} |" in out for r in rows)
+    assert "| honest rank |" in out and all("honest_rank" in r for r in rows)
+
+
+def test_honest_ranks_compare_an_incident_with_the_advertisers_without_incidents(run):
+    rows = incident_rows(run, replay_features(run.windows, decision=ECFG.decision))
+    honest_ranks(run, rows)
+    assert all(r["honest_rank"] is None or 0.0 <= r["honest_rank"] <= 1.0 for r in rows)
+    # click spam's fast clicks are beyond every honest advertiser's least likely count
+    spam = next(r for r in rows if r["kind"] == "click_spam")
+    assert spam["surprise"]["p"] < 1e-6 and spam["honest_rank"] == 0.0
+    # an incident with no surprise at all (p = 1) is matched by every honest advertiser
+    flat = dict(spam, surprise=None)
+    honest_ranks(run, [flat if r is spam else r for r in rows])
+    assert flat["honest_rank"] == 1.0
