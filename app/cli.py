@@ -273,12 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     cohort_arguments(p)
     p.set_defaults(func=cmd_models)
 
+    # listed for --help; main() hands everything after "tune" to riskstream.tuning
+    sub.add_parser("tune", help="model variants over recorded window features: capture, replay, "
+                                "sweep (the operating curve), incidents (why one was missed)")
+
     p = sub.add_parser("settings", help="print every setting with its env var and default")
     p.set_defaults(func=cmd_settings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tune"]:
+        from riskstream.tuning import main as tune
+
+        return tune(argv[1:], prog="riskstream tune")
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

@@ -16,7 +16,8 @@ windowing are done once (seed 9001, 200 advertisers x 4 h: capture 31 CPU-s, a r
     python -m riskstream.tuning replay --features /tmp/sim/features.jsonl \\
         --truth /tmp/sim/truth.jsonl --set CUSUM_OFFSET=2.5
 
-Over several captured runs (seeds; ``--run FEATURES TRUTH`` repeated):
+``riskstream tune ...`` is the same command line. Over several captured runs (seeds; ``--run
+FEATURES TRUTH`` repeated):
 
 .. code-block:: bash
 
@@ -441,9 +442,8 @@ def _cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m riskstream.tuning", description=__doc__.split(
-        "\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m riskstream.tuning") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("capture", help="replay through the engine, recording window features")
     c.add_argument("--impressions", required=True)

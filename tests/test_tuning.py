@@ -156,7 +156,9 @@ def test_sweep_and_incidents_commands(run, capsys, tmp_path):
     assert [p["threshold"] for p in points] == [0.8, 0.95]
     assert points[0]["incidents"] == 10  # two runs of five
     assert f"| 0.8 | {points[0]['incident_recall']:.3f} (" in out
-    assert main(["incidents", "--run", *files, "--all", "--honest-rank", "--json",
+    from app.cli import main as riskstream  # `riskstream tune ...` is this module's CLI
+
+    assert riskstream(["tune", "incidents", "--run", *files, "--all", "--honest-rank", "--json",
                  str(tmp_path / "incidents.json")]) == 0
     out = capsys.readouterr().out
     rows = orjson.loads((tmp_path / "incidents.json").read_bytes())
