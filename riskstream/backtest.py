@@ -14,6 +14,7 @@ wall clock online, do not apply offline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -432,6 +433,48 @@ def advertiser_hours_of(result: ReplayResult, window_ms: int) -> float:
 
 
 # -- CLI --------------------------------------------------------------------------------------
+CURVE_KEYS = ("threshold", "incidents", "detected", "incident_recall", "alert_episodes",
+              "true_episodes", "episode_precision", "benign_lookalikes", "alerts_on_benign",
+              "median_delay_windows", "p90_delay_windows", "per_kind")
+
+
+def _thresholds(text: str | None, truth: list[dict] | None) -> list[float] | str:
+    """``--thresholds`` as floats in (0, 1], or an error message."""
+    if not text:
+        return []
+    if truth is None:
+        return "--thresholds needs --truth (the curve is recall and precision per threshold)"
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        return f"--thresholds: expected comma-separated numbers, got {text!r}"
+    if not all(0.0 < v <= 1.0 for v in values):
+        return f"--thresholds: each must be in (0, 1], got {text!r}"
+    return values
+
+
+def _recording(on: bool) -> Any:
+    """``riskstream.tuning.recording()`` when ``on`` (the closed windows' features, for the
+    operating curve), else a context that records nothing."""
+    if not on:
+        return contextlib.nullcontext([])
+    from riskstream.tuning import recording  # tuning imports this module
+
+    return recording()
+
+
+def operating_curve(spec: str, engine_config: EngineConfig, windows: list, truth: list[dict],
+                    thresholds: list[float]) -> list[dict[str, Any]]:
+    """Recall, precision, benign alerts and delay of ``spec`` at each alert threshold, from
+    the recorded window features of one replay (``riskstream.tuning.sweep``: each threshold a
+    replay of its own, so that what a flagged window does not teach the model is accounted
+    for)."""
+    from riskstream.tuning import Run, features_header, sweep
+
+    run = Run(spec, features_header(engine_config), windows, truth)
+    return [{k: point[k] for k in CURVE_KEYS} for point in sweep([run], thresholds, spec)]
+
+
 def add_arguments(p: Any) -> None:
     p.add_argument("--impressions", help="JSON lines of impressions (the ad-impressions schema)")
     p.add_argument("--feedback", help="JSON lines of feedback (the user-feedback schema)")
@@ -441,6 +484,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="model spec to run in enforce mode; give twice to compare two specs")
     p.add_argument("--report", help="directory for report.json (and report.html)")
+    p.add_argument("--thresholds", help="with --truth: the operating curve at these "
+                   "comma-separated alert thresholds (e.g. 0.6,0.7,0.8,0.9): recall, precision "
+                   "and delay at each, from a replay of the run's recorded window features")
     p.add_argument("--partitions", type=int, default=None,
                    help="partition count to route by (default: topics.yaml)")
     p.add_argument("--window-seconds", type=int, default=None)
@@ -492,6 +538,10 @@ def run(args: Any, settings: Any) -> int:
     else:
         imps, fbs = read_lines(args.impressions), read_lines(args.feedback)
     truth = [orjson.loads(line) for line in read_lines(args.truth)] if args.truth else None
+    curve = _thresholds(getattr(args, "thresholds", None), truth)
+    if isinstance(curve, str):
+        print(f"backtest: {curve}", file=sys.stderr)
+        return 2
     specs = args.model or [settings.model_spec]
     report: dict[str, Any] = {"input": {"impressions": len(imps), "feedback": len(fbs)},
                               "models": {}}
@@ -501,8 +551,9 @@ def run(args: Any, settings: Any) -> int:
 
     results: list[ReplayResult] = []
     for i, spec in enumerate(specs):
-        result = replay(imps, fbs, engine_config=ecfg, model_config=ModelConfig(1, spec),
-                        partitions=partitions, progress=progress)
+        with _recording(bool(curve)) as windows:
+            result = replay(imps, fbs, engine_config=ecfg, model_config=ModelConfig(1, spec),
+                            partitions=partitions, progress=progress)
         print(file=sys.stderr)
         results.append(result)
         alerts = result.alerts()
@@ -525,6 +576,9 @@ def run(args: Any, settings: Any) -> int:
                 ((r["advertiser_id"], r["window"]["start"], r["window"]["end"], r["metrics"])
                  for r in scores), truth, alerts, window_ms=ecfg.window_ms,
                 grace_ms=30 * ecfg.window_ms)
+        if curve:
+            entry["operating_curve"] = operating_curve(spec, ecfg, windows, truth, curve)
+            del windows
         report["models"][spec] = entry
         if args.report:
             from riskstream.report import write_html
@@ -533,7 +587,7 @@ def run(args: Any, settings: Any) -> int:
             rdir.mkdir(parents=True, exist_ok=True)
             write_html(rdir / f"report-{spec}.html", spec, scores, alerts, truth,
                        entry.get("evaluation"), ecfg.decision.threshold,
-                       incidents=entry.get("incidents"))
+                       incidents=entry.get("incidents"), curve=entry.get("operating_curve"))
         print(f"{spec}: {result.events:,} events in {result.seconds:.2f}s "
               f"({result.events_per_s:,.0f}/s), {len(alerts)} alerts -> {out_path}")
         if "evaluation" in entry:
@@ -541,6 +595,11 @@ def run(args: Any, settings: Any) -> int:
             print(f"  recall {ev['incident_recall']}, episode precision "
                   f"{ev['episode_precision']}, median delay {ev['median_delay_windows']} windows, "
                   f"alerts on benign look-alikes {ev['alerts_on_benign']}")
+        for point in entry.get("operating_curve", ()):
+            print(f"  at threshold {point['threshold']:g}: recall {point['incident_recall']}, "
+                  f"episode precision {point['episode_precision']}, median delay "
+                  f"{point['median_delay_windows']} windows, alerts on benign look-alikes "
+                  f"{point['alerts_on_benign']}")
     for spec, result in zip(specs[1:], results[1:]):
         cmp = compare_specs(results[0], result)
         report.setdefault("comparisons", {})[f"{specs[0]} vs {spec}"] = cmp

@@ -1,7 +1,7 @@
 """The backtest's HTML report: one self-contained page (inline SVG, no plotting dependency) for
 people who would rather look than read: score timelines of flagged advertisers with incidents
-shaded, recall per incident kind, the detection-delay distribution, and the missed and late
-incidents with the evidence each left."""
+shaded, recall per incident kind, the detection-delay distribution, the operating curve (with
+``--thresholds``), and the missed and late incidents with the evidence each left."""
 
 from __future__ import annotations
 
@@ -60,6 +60,25 @@ def _bars(rows: list[tuple[str, float]], unit: str = "") -> str:
     return "".join(parts)
 
 
+def _curve_table(curve: list[dict[str, Any]], threshold: float) -> str:
+    """The operating curve: per alert threshold, recall, precision, benign alerts and delay
+    (the row of the run's own threshold in bold)."""
+    out = ["<h2>Operating curve</h2><p>The same run at other alert thresholds (each a replay of "
+           "its recorded window features). Lower catches more and sooner, at the cost of "
+           "false episodes.</p><table><tr><th>threshold</th><th>incident recall</th>"
+           "<th>episode precision</th><th>alerts on benign look-alikes</th>"
+           "<th>median delay (windows)</th><th>p90 delay</th></tr>"]
+    for p in curve:
+        style = " style='font-weight:bold'" if p["threshold"] == threshold else ""
+        cells = [f"{p['threshold']:g}", f"{p['detected']}/{p['incidents']}",
+                 f"{p['true_episodes']}/{p['alert_episodes']}",
+                 f"{p['alerts_on_benign']}/{p['benign_lookalikes']}",
+                 str(p["median_delay_windows"]), str(p["p90_delay_windows"])]
+        out.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                   + "</tr>")
+    return "".join(out) + "</table>"
+
+
 def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
     """Missed incidents and those found later than ``slower_than`` windows, with the evidence
     each left over its span (``backtest.incident_evidence``)."""
@@ -95,7 +114,7 @@ def write_html(path: Path, spec: str, scores: list[dict], alerts: list[dict],
                truth: list[dict] | None, evaluation: dict[str, Any] | None,
                threshold: float, max_advertisers: int = 40,
                incidents: list[dict[str, Any]] | None = None,
-               slower_than: float = 3.0) -> None:
+               slower_than: float = 3.0, curve: list[dict[str, Any]] | None = None) -> None:
     by_adv: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for s in scores:
         by_adv[s["advertiser_id"]].append((s["window"]["start"], s["risk_score"]))
@@ -128,6 +147,8 @@ def write_html(path: Path, spec: str, scores: list[dict], alerts: list[dict],
                 buckets[f"{int(d)} windows" if d < 10 else ">= 10 windows"] += 1
             out.append("<h2>Detection delay</h2>")
             out.append(_bars(sorted(buckets.items(), key=lambda kv: (len(kv[0]), kv[0]))))
+    if curve:
+        out.append(_curve_table(curve, threshold))
     if incidents is not None:
         out.append(_incident_table(incidents, slower_than))
     out.append("<h2>Score timelines</h2><p>Red shading: incidents that must alert; green: benign "

@@ -110,12 +110,16 @@ def capture(impressions: Iterable[bytes], feedback: Iterable[bytes], *,
     return windows, result
 
 
+def features_header(engine_config: EngineConfig) -> dict[str, Any]:
+    """A features file's header: the engine configuration its windows were closed with."""
+    return {"format": FORMAT, "window_ms": engine_config.window_ms,
+            "lateness_ms": engine_config.lateness_ms,
+            "decision": asdict(engine_config.decision)}
+
+
 def write_features(path: Path | str, windows: list[Window], engine_config: EngineConfig) -> None:
-    header = {"format": FORMAT, "window_ms": engine_config.window_ms,
-              "lateness_ms": engine_config.lateness_ms,
-              "decision": asdict(engine_config.decision)}
     with open(path, "wb") as fh:
-        fh.write(orjson.dumps(header) + b"\n")
+        fh.write(orjson.dumps(features_header(engine_config)) + b"\n")
         for w in windows:
             fh.write(orjson.dumps(w) + b"\n")
 
@@ -229,15 +233,23 @@ GRACE_WINDOWS = 30  # an alert up to 30 windows after an incident's end counts, 
 
 
 class Run:
-    """One captured run (a seed): its features file's header and windows, and its truth."""
+    """One captured run (a seed): its features header (``features_header``) and windows, and
+    its truth."""
 
     __slots__ = ("name", "header", "windows", "truth")
 
-    def __init__(self, features: Path | str, truth: Path | str) -> None:
+    def __init__(self, name: str, header: dict[str, Any], windows: list[Window],
+                 truth: list[dict[str, Any]]) -> None:
+        self.name, self.header, self.windows, self.truth = name, header, windows, truth
+
+    @classmethod
+    def load(cls, features: Path | str, truth: Path | str) -> "Run":
+        """A features file and its truth file (named after the features' directory:
+        /tmp/det/s9901/features.jsonl -> s9901)."""
         path = Path(features)
-        self.name = path.parent.name or path.stem  # /tmp/det/s9901/features.jsonl -> s9901
-        self.header, self.windows = read_features(features)
-        self.truth = [orjson.loads(line) for line in read_lines(truth)]
+        header, windows = read_features(features)
+        return cls(path.parent.name or path.stem, header, windows,
+                   [orjson.loads(line) for line in read_lines(truth)])
 
     @property
     def window_ms(self) -> int:
@@ -388,7 +400,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    run = Run(args.features, args.truth)
+    run = Run.load(args.features, args.truth)
     with constants(_assignments(args)):
         alerts = replay_features(run.windows, args.model, run.decision())
     ev = run.evaluate(alerts)
@@ -403,7 +415,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> list[Run]:
-    return [Run(features, truth) for features, truth in args.run]
+    return [Run.load(features, truth) for features, truth in args.run]
 
 
 def _assignments(args: argparse.Namespace) -> list[tuple[str, str, Any]]:

@@ -147,7 +147,7 @@ def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "backtest", "--impressions", str(imp_path),
          "--feedback", str(fb_path), "--truth", str(truth_path), "--out", str(out),
-         "--report", str(report_dir)],
+         "--report", str(report_dir), "--thresholds", "0.8,0.99,0.05"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     alerts = [orjson.loads(line) for line in read_lines(out)]
@@ -183,6 +183,29 @@ def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     assert row["surprise"]["p"] < 1e-6
     page = (report_dir / f"report-{Settings().model_spec}.html").read_text()
     assert "Missed and late incidents" in page
+    # the operating curve: at the run's own threshold, exactly the run's evaluation
+    at_run, strict, loose = entry["operating_curve"]
+    assert [p["threshold"] for p in (at_run, strict, loose)] == [0.8, 0.99, 0.05]
+    assert {k: at_run[k] for k in ev if k in at_run} == {k: ev[k] for k in at_run if k in ev}
+    assert loose["alert_episodes"] > at_run["alert_episodes"] >= strict["alert_episodes"]
+    assert "Operating curve" in page and "at threshold 0.05: recall" in proc.stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--thresholds needs --truth"),
+    (["--truth", "t.jsonl"], "expected comma-separated numbers"),
+])
+def test_backtest_thresholds_are_checked(tmp_path: Path, extra: list, message: str):
+    (tmp_path / "i.jsonl").write_text("")
+    (tmp_path / "f.jsonl").write_text("")
+    (tmp_path / "t.jsonl").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKSTREAM_", "KAFKA_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "backtest", "--impressions", "i.jsonl", "--feedback",
+         "f.jsonl", "--out", "a.jsonl", "--thresholds", "0.8,x" if extra else "0.8", *extra],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "a.jsonl").exists()
 
 
 def test_backtest_cli_needs_inputs(tmp_path: Path):

@@ -105,7 +105,7 @@ def run(tmp_path):
     windows, _result = captured()
     write_features(tmp_path / "features.jsonl", windows, ECFG)
     write_truth(ground_truth(SIM), str(tmp_path / "truth.jsonl"))
-    return Run(tmp_path / "features.jsonl", tmp_path / "truth.jsonl")
+    return Run.load(tmp_path / "features.jsonl", tmp_path / "truth.jsonl")
 
 
 def test_a_sweep_point_is_the_replay_at_that_threshold(run):
