@@ -116,7 +116,7 @@ def compare_models(alerts: Iterable[dict], decisions: Iterable[dict] = (), *,
                 "median_lead_windows": statistics.median(leads) if leads else None,
             }
         if truth is not None:
-            from riskstream.backtest import evaluate
+            from riskstream.evaluation import evaluate
 
             as_enforced = [{**a, "mode": "enforce"} for a in rows]
             ev = evaluate(as_enforced, truth, window_ms=window_ms, grace_ms=30 * window_ms,

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from riskstream.backtest import surprise_cells
+from riskstream.evaluation import surprise_cells
 
 W, H, PAD = 720, 120, 4
 
@@ -81,7 +81,7 @@ def _curve_table(curve: list[dict[str, Any]], threshold: float) -> str:
 
 def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
     """Missed incidents and those found later than ``slower_than`` windows, with the evidence
-    each left over its span (``backtest.incident_evidence``)."""
+    each left over its span (``evaluation.incident_evidence``)."""
     rows = [r for r in incidents
             if r["delay_windows"] is None or r["delay_windows"] > slower_than]
     head = (f"<h2>Missed and late incidents: the evidence they left</h2><p>{len(rows)} of "

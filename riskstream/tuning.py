@@ -54,12 +54,12 @@ from models.protocol import learn_after_decision
 from models.registry import get_spec
 from riskstream import backtest
 from riskstream.alerts import alert_id_for
-from riskstream.backtest import (
+from riskstream.backtest import read_lines
+from riskstream.evaluation import (
     EVIDENCE,
     evaluate,
     incident_evidence,
     incident_span,
-    read_lines,
     span_counts,
     surprise,
     surprise_cells,
@@ -311,7 +311,7 @@ def sweep(runs: list[Run], thresholds: Iterable[float],
 
 
 def incident_rows(run: Run, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``backtest.incident_evidence`` of one run, each row naming the run."""
+    """``evaluation.incident_evidence`` of one run, each row naming the run."""
     return [{"run": run.name, **row} for row in incident_evidence(
         run.windows, run.truth, alerts, window_ms=run.window_ms,
         grace_ms=GRACE_WINDOWS * run.window_ms)]

@@ -13,7 +13,8 @@ import pytest
 
 from app.factory import engine_config
 from app.settings import Settings
-from riskstream.backtest import evaluate, partition_for, read_lines, replay
+from riskstream.backtest import partition_for, read_lines, replay
+from riskstream.evaluation import evaluate
 from riskstream.simulate import IncidentSpec, SimConfig, generate, ground_truth, write_jsonl
 from tests.conftest import assert_valid
 
@@ -240,7 +241,7 @@ def test_report_lists_missed_and_late_incidents_with_their_evidence(tmp_path: Pa
 
 
 def testsurprise_names_the_least_likely_count_at_the_advertisers_own_earlier_rate():
-    from riskstream.backtest import EVIDENCE, surprise, poisson_tail
+    from riskstream.evaluation import EVIDENCE, poisson_tail, surprise
 
     before = dict.fromkeys(EVIDENCE, 0.0) | {"impressions": 100_000.0, "clicks": 1_000.0,
                                              "deception": 5.5, "reports": 39.5}
