@@ -26,7 +26,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from riskstream.engine import DictStore, EngineConfig, ModelConfig, Output, RiskEngine
-from riskstream.evaluation import evaluate, incident_evidence
+from riskstream.evaluation import evaluate, honest_ranks, incident_evidence
 from riskstream.events import InvalidEvent, Limits, validate_feedback, validate_impression
 
 REPLAY_LIMITS = Limits(max_age_ms=1 << 62)
@@ -384,10 +384,13 @@ def run(args: Any, settings: Any) -> int:
             entry["evaluation"] = evaluate(
                 alerts, truth, window_ms=ecfg.window_ms, grace_ms=30 * ecfg.window_ms,
                 advertiser_hours=advertiser_hours_of(result, ecfg.window_ms))
-            entry["incidents"] = incident_evidence(
-                ((r["advertiser_id"], r["window"]["start"], r["window"]["end"], r["metrics"])
-                 for r in scores), truth, alerts, window_ms=ecfg.window_ms,
-                grace_ms=30 * ecfg.window_ms)
+            closed = [(r["advertiser_id"], r["window"]["start"], r["window"]["end"],
+                       r["metrics"]) for r in scores]
+            entry["incidents"] = incident_evidence(closed, truth, alerts,
+                                                   window_ms=ecfg.window_ms,
+                                                   grace_ms=30 * ecfg.window_ms)
+            honest_ranks(closed, truth, entry["incidents"], grace_ms=30 * ecfg.window_ms)
+            del closed
         if curve:
             entry["operating_curve"] = operating_curve(spec, ecfg, windows, truth, curve)
             del windows

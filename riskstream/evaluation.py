@@ -6,6 +6,7 @@ simulator's ground truth and closed windows' features."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any, Iterable
 
 from models.baseline import window_counts
@@ -104,6 +105,46 @@ def span_counts(windows: Iterable[tuple[int, int, dict[str, float]]], lo: int,
             for name in EVIDENCE:
                 into[name] += counts[name]
     return during, before
+
+
+def honest_ranks(windows: Iterable[tuple[str, int, int, dict[str, float]]], truth: list[dict],
+                 rows: list[dict[str, Any]], *, grace_ms: int) -> None:
+    """Add ``honest_rank`` to each incident row of ``incident_evidence(windows, truth, ...)``:
+    the share of the advertisers without any incident (of at least half the incident's
+    impressions over the same span) whose least likely count over that span (``surprise``) is
+    at least as unlikely as the incident's. A detector that caught the incident on its evidence
+    would flag about that share of honest advertisers too: 0.2 is one in five; None, no
+    advertiser to compare with. (Per advertiser, prefix sums of its window counts: a span is two
+    bisections, not a pass over its windows.)"""
+    involved = {t["advertiser_id"] for t in truth}
+    by_adv: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
+    for adv, start, end, x in windows:
+        if adv not in involved:
+            by_adv.setdefault(adv, []).append((start, end, window_counts(x)))
+    honest = []
+    for ws in by_adv.values():
+        ws.sort(key=lambda w: w[0])
+        sums = [[0.0] * len(EVIDENCE)]
+        for _start, _end, counts in ws:
+            sums.append([a + counts[n] for a, n in zip(sums[-1], EVIDENCE)])
+        honest.append(([w[0] for w in ws], [w[1] for w in ws], sums))
+    expecting = [t for t in truth if t.get("expected_alert", True)]
+    for t, row in zip(expecting, rows):
+        lo, hi = incident_span(t, grace_ms)
+        p = row["surprise"]["p"] if row["surprise"] else 1.0
+        at_least = compared = 0
+        for starts, ends, sums in honest:
+            i = bisect_right(ends, lo)  # windows before i end at or before the span's start
+            j = max(bisect_right(starts, hi), i)  # windows i..j-1 overlap the span
+            before = dict(zip(EVIDENCE, sums[i]))
+            during = {n: b - a for n, a, b in zip(EVIDENCE, sums[i], sums[j])}
+            if during["impressions"] < 0.5 * row["evidence"]["impressions"]:
+                continue
+            sp = surprise(during, before)
+            if sp is not None:
+                compared += 1
+                at_least += sp["p"] <= p
+        row["honest_rank"] = round(at_least / compared, 3) if compared else None
 
 
 def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],

@@ -79,6 +79,10 @@ def _curve_table(curve: list[dict[str, Any]], threshold: float) -> str:
     return "".join(out) + "</table>"
 
 
+def _rank(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
     """Missed incidents and those found later than ``slower_than`` windows, with the evidence
     each left over its span (``evaluation.incident_evidence``)."""
@@ -88,15 +92,23 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
             f"{len(incidents)} incidents missed or found after more than {slower_than:g} windows. "
             "Evidence: counts summed over the incident's span (its start to 30 windows after its "
             "end, or to the end of its trailing complaints). p: how likely the least likely of "
-            "its counts is at the advertiser's own rate before the incident; an incident whose "
-            "counts are that likely left nothing to tell it from the advertiser's honest "
-            "traffic.</p>")
+            "its counts is at the advertiser's own rate before the incident. Honest rank: the "
+            "share of advertisers without incidents (of at least half its volume) whose least "
+            "likely count over the same span is as unlikely.</p>")
+    missed = [r for r in rows if r["delay_windows"] is None]
+    plain = [r for r in missed if (r.get("honest_rank") or 0.0) >= 0.05]
+    if plain:
+        head += (f"<p>{len(plain)} of the {len(missed)} missed incidents left evidence that at "
+                 "least 1 in 20 advertisers without incidents match over the same span (honest "
+                 "rank &ge; 0.05): a detector that caught them on it would flag at least that "
+                 "share of honest advertisers too.</p>")
     if not rows:
         return head
     names = list(rows[0]["evidence"])
+    ranked = any("honest_rank" in r for r in rows)
     cells = ["kind", "advertiser", "impressions/min", "minutes", "delay (windows)", *names,
              "least likely count (expected at its own earlier rate)", "p",
-             "first alert's reasons"]
+             *(["honest rank"] if ranked else []), "first alert's reasons"]
     out = [head, "<div style='overflow-x:auto'><table><tr>"
            + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>"]
     for r in rows:
@@ -105,6 +117,7 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
                   f"{r['minutes']:g}",
                   "missed" if r["delay_windows"] is None else f"{r['delay_windows']:g}",
                   *(f"{r['evidence'][n]:g}" for n in names), *surprise_cells(r),
+                  *([_rank(r.get("honest_rank"))] if ranked else []),
                   ", ".join(r["reasons"] or ())]
         out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
     return "".join(out) + "</table></div>"

@@ -58,10 +58,8 @@ from riskstream.backtest import read_lines
 from riskstream.evaluation import (
     EVIDENCE,
     evaluate,
+    honest_ranks,
     incident_evidence,
-    incident_span,
-    span_counts,
-    surprise,
     surprise_cells,
 )
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
@@ -317,31 +315,9 @@ def incident_rows(run: Run, alerts: list[dict[str, Any]]) -> list[dict[str, Any]
         grace_ms=GRACE_WINDOWS * run.window_ms)]
 
 
-def honest_ranks(run: Run, rows: list[dict[str, Any]]) -> None:
-    """Add ``honest_rank`` to each of the run's incident rows: the share of its advertisers
-    without any incident (of at least half the incident's impressions over the same span)
-    whose least likely count over that span is at least as unlikely as the incident's. A
-    detector that caught the incident on its evidence would flag about that share of honest
-    advertisers too: 0.2 means one in five; None, no advertiser to compare with."""
-    involved = {t["advertiser_id"] for t in run.truth}
-    honest: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
-    for adv, start, end, x in run.windows:
-        if adv not in involved:
-            honest.setdefault(adv, []).append((start, end, x))
-    expecting = [t for t in run.truth if t.get("expected_alert", True)]
-    for t, row in zip(expecting, rows):
-        lo, hi = incident_span(t, GRACE_WINDOWS * run.window_ms)
-        p = row["surprise"]["p"] if row["surprise"] else 1.0
-        at_least, compared = 0, 0
-        for windows in honest.values():
-            during, before = span_counts(windows, lo, hi)
-            if during["impressions"] < 0.5 * row["evidence"]["impressions"]:
-                continue
-            sp = surprise(during, before)
-            if sp is not None:
-                compared += 1
-                at_least += sp["p"] <= p
-        row["honest_rank"] = round(at_least / compared, 3) if compared else None
+def run_honest_ranks(run: Run, rows: list[dict[str, Any]]) -> None:
+    """``evaluation.honest_ranks`` of one run's incident rows."""
+    honest_ranks(run.windows, run.truth, rows, grace_ms=GRACE_WINDOWS * run.window_ms)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -443,7 +419,7 @@ def _cmd_incidents(args: argparse.Namespace) -> int:
             evaluations.append(run.evaluate(alerts))
             run_rows = incident_rows(run, alerts)
             if args.honest_rank:
-                honest_ranks(run, run_rows)
+                run_honest_ranks(run, run_rows)
             rows += run_rows
     print(summary_line(combine(evaluations)))
     shown = [r for r in rows if args.all or r["delay_windows"] is None

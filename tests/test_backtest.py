@@ -182,6 +182,7 @@ def test_backtest_cli_writes_alerts_and_report(tmp_path: Path):
     assert row["surprise"]["stream"] in ("clicks", "fast_clicks")
     assert row["surprise"]["observed"] > row["surprise"]["expected"]
     assert row["surprise"]["p"] < 1e-6
+    assert row["honest_rank"] == 0.0  # no advertiser without incidents comes close
     page = (report_dir / f"report-{Settings().model_spec}.html").read_text()
     assert "Missed and late incidents" in page
     # the operating curve: at the run's own threshold, exactly the run's evaluation
@@ -229,11 +230,13 @@ def test_report_lists_missed_and_late_incidents_with_their_evidence(tmp_path: Pa
 
     path = tmp_path / "r.html"
     missed = row("adv-<1>", None) | {"surprise": {"stream": "deception", "observed": 2,
-                                                  "expected": 1.1, "p": 0.3}}
+                                                  "expected": 1.1, "p": 0.3},
+                                     "honest_rank": 0.25}
     write_html(path, "m", [], [], [], None, 0.8,
                incidents=[missed, row("adv-2", 12.0), row("adv-3", 2.0)])
     page = path.read_text()
-    assert "<td>deception 2 (1.1)</td><td>0.3</td>" in page
+    assert "<td>deception 2 (1.1)</td><td>0.3</td><td>0.250</td>" in page
+    assert "1 of the 1 missed incidents left evidence that at least 1 in 20" in page
     assert "2 of 3 incidents missed or found after more than 3 windows" in page
     assert "adv-&lt;1&gt;" in page and "<td>missed</td>" in page  # escaped
     assert "<td>adv-2</td>" in page and "<td>12</td>" in page

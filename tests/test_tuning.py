@@ -17,11 +17,11 @@ from riskstream.tuning import (
     combine,
     constants,
     engine_alert_summary,
-    honest_ranks,
     incident_rows,
     main,
     read_features,
     replay_features,
+    run_honest_ranks,
     sweep,
     write_features,
 )
@@ -170,12 +170,12 @@ def test_sweep_and_incidents_commands(run, capsys, tmp_path):
 
 def test_honest_ranks_compare_an_incident_with_the_advertisers_without_incidents(run):
     rows = incident_rows(run, replay_features(run.windows, decision=ECFG.decision))
-    honest_ranks(run, rows)
+    run_honest_ranks(run, rows)
     assert all(r["honest_rank"] is None or 0.0 <= r["honest_rank"] <= 1.0 for r in rows)
     # click spam's fast clicks are beyond every honest advertiser's least likely count
     spam = next(r for r in rows if r["kind"] == "click_spam")
     assert spam["surprise"]["p"] < 1e-6 and spam["honest_rank"] == 0.0
     # an incident with no surprise at all (p = 1) is matched by every honest advertiser
     flat = dict(spam, surprise=None)
-    honest_ranks(run, [flat if r is spam else r for r in rows])
+    run_honest_ranks(run, [flat if r is spam else r for r in rows])
     assert flat["honest_rank"] == 1.0
