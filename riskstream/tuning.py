@@ -22,6 +22,7 @@ FEATURES TRUTH`` repeated):
 .. code-block:: bash
 
     # the operating curve: recall, episode precision, benign alerts and delay per threshold
+    # (--against hst: another spec's curve on the same runs)
     python -m riskstream.tuning sweep --run f1.jsonl t1.jsonl --run f2.jsonl t2.jsonl \\
         --thresholds 0.6,0.7,0.8,0.9
     # why an incident was missed or found late: per incident its delay, the first alert's
@@ -402,12 +403,17 @@ def _assignments(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     runs = _runs(args)
     thresholds = [float(t) for t in args.thresholds.split(",")]
+    curves = {}
     with constants(_assignments(args)):
-        points = sweep(runs, thresholds, args.model)
-    print(f"{len(runs)} run(s), model {args.model}" + "".join(f", {s}" for s in args.set or ()))
-    print(sweep_table(points))
+        curves[args.model] = sweep(runs, thresholds, args.model)
+    for spec in args.against or ():  # as registered: --set is for --model's module only
+        curves[spec] = sweep(runs, thresholds, spec)
+    for spec, points in curves.items():
+        print(f"{len(runs)} run(s), model {spec}" + "".join(
+            f", {s}" for s in (args.set or () if spec == args.model else ())))
+        print(sweep_table(points))
     if args.json:
-        Path(args.json).write_bytes(orjson.dumps(points))
+        Path(args.json).write_bytes(orjson.dumps(curves))
     return 0
 
 
@@ -462,6 +468,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m riskstream.tuning
         return q
 
     w = several("sweep", "the operating curve: recall, precision and delay per alert threshold")
+    w.add_argument("--against", action="append", metavar="SPEC",
+                   help="also the curve of this model spec, on the same runs (repeatable): "
+                        "compare models at equal precision, not at one threshold")
     w.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95",
                    help="comma-separated alert thresholds (default %(default)s)")
     w.set_defaults(func=_cmd_sweep)

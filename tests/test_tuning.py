@@ -150,9 +150,13 @@ def test_incident_rows_give_evaluates_delays_and_the_evidence_in_the_span(run):
 def test_sweep_and_incidents_commands(run, capsys, tmp_path):
     files = [f"{tmp_path}/features.jsonl", f"{tmp_path}/truth.jsonl"]
     assert main(["sweep", "--run", *files, "--run", *files, "--thresholds", "0.8,0.95",
-                 "--json", str(tmp_path / "sweep.json")]) == 0
+                 "--against", "gaussian-sad", "--json", str(tmp_path / "sweep.json")]) == 0
     out = capsys.readouterr().out
-    points = orjson.loads((tmp_path / "sweep.json").read_bytes())
+    curves = orjson.loads((tmp_path / "sweep.json").read_bytes())
+    assert list(curves) == ["robust-baseline", "gaussian-sad"]
+    assert "model gaussian-sad" in out
+    assert curves["gaussian-sad"] != curves["robust-baseline"]  # each spec replayed
+    points = curves["robust-baseline"]
     assert [p["threshold"] for p in points] == [0.8, 0.95]
     assert points[0]["incidents"] == 10  # two runs of five
     assert f"| 0.8 | {points[0]['incident_recall']:.3f} (" in out
