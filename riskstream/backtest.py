@@ -410,6 +410,12 @@ def run(args: Any, settings: Any) -> int:
             print(f"  recall {ev['incident_recall']}, episode precision "
                   f"{ev['episode_precision']}, median delay {ev['median_delay_windows']} windows, "
                   f"alerts on benign look-alikes {ev['alerts_on_benign']}")
+            missed = [r for r in entry["incidents"] if r["delay_windows"] is None]
+            if missed:
+                plain = sum(1 for r in missed if (r.get("honest_rank") or 0.0) >= 0.05)
+                print(f"  missed {len(missed)}: {plain} of them left evidence that at least 1 in "
+                      "20 advertisers without incidents match (honest rank >= 0.05; --report "
+                      "lists each)")
         for point in entry.get("operating_curve", ()):
             print(f"  at threshold {point['threshold']:g}: recall {point['incident_recall']}, "
                   f"episode precision {point['episode_precision']}, median delay "
