@@ -116,10 +116,10 @@ def compare_models(alerts: Iterable[dict], decisions: Iterable[dict] = (), *,
                 "median_lead_windows": statistics.median(leads) if leads else None,
             }
         if truth is not None:
-            from riskstream.evaluation import evaluate
+            from riskstream.evaluation import GRACE_WINDOWS, evaluate
 
             as_enforced = [{**a, "mode": "enforce"} for a in rows]
-            ev = evaluate(as_enforced, truth, window_ms=window_ms, grace_ms=30 * window_ms,
+            ev = evaluate(as_enforced, truth, window_ms=window_ms, grace_ms=GRACE_WINDOWS * window_ms,
                           advertiser_hours=0.0)
             entry["truth"] = {k: ev[k] for k in (
                 "incident_recall", "episode_precision", "median_delay_windows",

@@ -26,7 +26,14 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from riskstream.engine import DictStore, EngineConfig, ModelConfig, Output, RiskEngine
-from riskstream.evaluation import evaluate, honest_ranks, incident_evidence
+from riskstream.evaluation import (
+    GRACE_WINDOWS,
+    evaluate,
+    honest_ranks,
+    incident_evidence,
+    parse_thresholds,
+    plain_misses,
+)
 from riskstream.events import InvalidEvent, Limits, validate_feedback, validate_impression
 
 REPLAY_LIMITS = Limits(max_age_ms=1 << 62)
@@ -257,12 +264,9 @@ def _thresholds(text: str | None, truth: list[dict] | None) -> list[float] | str
     if truth is None:
         return "--thresholds needs --truth (the curve is recall and precision per threshold)"
     try:
-        values = [float(t) for t in text.split(",")]
-    except ValueError:
-        return f"--thresholds: expected comma-separated numbers, got {text!r}"
-    if not all(0.0 < v <= 1.0 for v in values):
-        return f"--thresholds: each must be in (0, 1], got {text!r}"
-    return values
+        return parse_thresholds(text)
+    except ValueError as exc:
+        return f"--thresholds: {exc}"
 
 
 def _recording(on: bool) -> Any:
@@ -381,15 +385,15 @@ def run(args: Any, settings: Any) -> int:
         }
         scores = [o.record for o in result.outputs if o.kind == "score"]
         if truth is not None:
+            grace_ms = GRACE_WINDOWS * ecfg.window_ms
             entry["evaluation"] = evaluate(
-                alerts, truth, window_ms=ecfg.window_ms, grace_ms=30 * ecfg.window_ms,
+                alerts, truth, window_ms=ecfg.window_ms, grace_ms=grace_ms,
                 advertiser_hours=advertiser_hours_of(result, ecfg.window_ms))
             closed = [(r["advertiser_id"], r["window"]["start"], r["window"]["end"],
                        r["metrics"]) for r in scores]
             entry["incidents"] = incident_evidence(closed, truth, alerts,
-                                                   window_ms=ecfg.window_ms,
-                                                   grace_ms=30 * ecfg.window_ms)
-            honest_ranks(closed, truth, entry["incidents"], grace_ms=30 * ecfg.window_ms)
+                                                   window_ms=ecfg.window_ms, grace_ms=grace_ms)
+            honest_ranks(closed, truth, entry["incidents"], grace_ms=grace_ms)
             del closed
         if curve:
             entry["operating_curve"] = operating_curve(spec, ecfg, windows, truth, curve)
@@ -410,10 +414,9 @@ def run(args: Any, settings: Any) -> int:
             print(f"  recall {ev['incident_recall']}, episode precision "
                   f"{ev['episode_precision']}, median delay {ev['median_delay_windows']} windows, "
                   f"alerts on benign look-alikes {ev['alerts_on_benign']}")
-            missed = [r for r in entry["incidents"] if r["delay_windows"] is None]
+            missed, plain = plain_misses(entry["incidents"])
             if missed:
-                plain = sum(1 for r in missed if (r.get("honest_rank") or 0.0) >= 0.05)
-                print(f"  missed {len(missed)}: {plain} of them left evidence that at least 1 in "
+                print(f"  missed {missed}: {plain} of them left evidence that at least 1 in "
                       "20 advertisers without incidents match (honest rank >= 0.05; --report "
                       "lists each)")
         for point in entry.get("operating_curve", ()):

@@ -12,6 +12,15 @@ from typing import Any, Iterable
 from models.baseline import window_counts
 
 
+# An alert up to this many windows after an incident's end counts for it (``incident_span``):
+# the grace of ``riskstream backtest``, ``riskstream tune`` and ``riskstream models compare``.
+GRACE_WINDOWS = 30
+# An incident whose honest rank (``honest_ranks``) is at least this left evidence that 1 in 20
+# advertisers without incidents match: no detector could catch it on that evidence alone
+# without flagging them too.
+PLAIN_RANK = 0.05
+
+
 def incident_span(t: dict, grace_ms: int) -> tuple[int, int]:
     """The event time ``[start, end]`` in which an alert of incident ``t``'s advertiser counts
     for it: from its start to ``max(end + grace, signal_end)`` (see ``evaluate``)."""
@@ -178,6 +187,38 @@ def incident_evidence(windows: Iterable[tuple[str, int, int, dict[str, float]]],
     return rows
 
 
+def missed_or_late(rows: list[dict[str, Any]], slower_than: float) -> list[dict[str, Any]]:
+    """The incident rows missed, or found after more than ``slower_than`` windows."""
+    return [r for r in rows if r["delay_windows"] is None or r["delay_windows"] > slower_than]
+
+
+def plain_misses(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(missed incidents, those of them with an honest rank of at least ``PLAIN_RANK``)."""
+    missed = [r for r in rows if r["delay_windows"] is None]
+    return len(missed), sum(1 for r in missed if (r.get("honest_rank") or 0.0) >= PLAIN_RANK)
+
+
+def rank_cell(row: dict[str, Any]) -> str:
+    """An incident row's honest rank as a table cell."""
+    rank = row.get("honest_rank")
+    return "-" if rank is None else f"{rank:.3f}"
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """Comma-separated alert thresholds, each in (0, 1].
+
+    >>> parse_thresholds("0.6,0.8")
+    [0.6, 0.8]
+    """
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0.0 < v <= 1.0 for v in values):
+        raise ValueError(f"each must be in (0, 1], got {text!r}")
+    return values
+
+
 def surprise_cells(row: dict[str, Any]) -> tuple[str, str]:
     """An incident row's surprise as two table cells: "stream observed (expected)" and p."""
     sp = row.get("surprise")
@@ -222,21 +263,48 @@ def evaluate(alerts: list[dict], truth: list[dict], *, window_ms: int, grace_ms:
             delays.append(delay)
     tp = sum(1 for a in opens if any(_in_span(a, t, grace_ms) for t in bad))
     benign_alerts = sum(1 for a in opens if any(_in_span(a, t, grace_ms) for t in benign))
-    delays.sort()
+    out = _figures(
+        {"incidents": len(bad), "detected": detected, "alert_episodes": len(opens),
+         "true_episodes": tp, "benign_lookalikes": len(benign),
+         "alerts_on_benign": benign_alerts, "alerts_total": len(alerts)},
+        delays, per_kind)
+    out["alerts_per_1000_advertiser_hours"] = (1000 * len(opens) / advertiser_hours
+                                               if advertiser_hours else None)
+    return out
+
+
+# the counts of an evaluation: summed over runs by ``combine``
+COUNTS = ("incidents", "detected", "alert_episodes", "true_episodes", "benign_lookalikes",
+          "alerts_on_benign", "alerts_total")
+
+
+def _figures(counts: dict[str, int], delays: list[float],
+             per_kind: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """An evaluation from its counts (``COUNTS``), delays and per-kind counts: recall,
+    precision, and the median and p90 of the sorted delays."""
+    delays = sorted(delays)
     return {
         "delays_windows": delays,
-        "incidents": len(bad),
-        "detected": detected,
-        "incident_recall": detected / len(bad) if bad else None,
-        "alert_episodes": len(opens),
-        "true_episodes": tp,
-        "episode_precision": tp / len(opens) if opens else None,
-        "benign_lookalikes": len(benign),
-        "alerts_on_benign": benign_alerts,
+        **counts,
+        "incident_recall": counts["detected"] / counts["incidents"]
+        if counts["incidents"] else None,
+        "episode_precision": counts["true_episodes"] / counts["alert_episodes"]
+        if counts["alert_episodes"] else None,
         "median_delay_windows": delays[len(delays) // 2] if delays else None,
         "p90_delay_windows": delays[int(len(delays) * 0.9)] if delays else None,
-        "alerts_total": len(alerts),
-        "alerts_per_1000_advertiser_hours": 1000 * len(opens) / advertiser_hours
-        if advertiser_hours else None,
         "per_kind": per_kind,
     }
+
+
+def combine(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation of several runs (``evaluate``'s): counts summed, delays pooled (median and
+    p90 of all detected incidents), per-kind figures summed; no alert rate (the runs' hours
+    differ)."""
+    per_kind: dict[str, dict[str, int]] = {}
+    for ev in evaluations:
+        for kind, k in ev["per_kind"].items():
+            into = per_kind.setdefault(kind, {"incidents": 0, "detected": 0})
+            into["incidents"] += k["incidents"]
+            into["detected"] += k["detected"]
+    return _figures({k: sum(ev[k] for ev in evaluations) for k in COUNTS},
+                    [d for ev in evaluations for d in ev["delays_windows"]], per_kind)

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from riskstream.evaluation import surprise_cells
+from riskstream.evaluation import missed_or_late, plain_misses, rank_cell, surprise_cells
 
 W, H, PAD = 720, 120, 4
 
@@ -79,15 +79,10 @@ def _curve_table(curve: list[dict[str, Any]], threshold: float) -> str:
     return "".join(out) + "</table>"
 
 
-def _rank(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
     """Missed incidents and those found later than ``slower_than`` windows, with the evidence
     each left over its span (``evaluation.incident_evidence``)."""
-    rows = [r for r in incidents
-            if r["delay_windows"] is None or r["delay_windows"] > slower_than]
+    rows = missed_or_late(incidents, slower_than)
     head = (f"<h2>Missed and late incidents: the evidence they left</h2><p>{len(rows)} of "
             f"{len(incidents)} incidents missed or found after more than {slower_than:g} windows. "
             "Evidence: counts summed over the incident's span (its start to 30 windows after its "
@@ -95,10 +90,9 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
             "its counts is at the advertiser's own rate before the incident. Honest rank: the "
             "share of advertisers without incidents (of at least half its volume) whose least "
             "likely count over the same span is as unlikely.</p>")
-    missed = [r for r in rows if r["delay_windows"] is None]
-    plain = [r for r in missed if (r.get("honest_rank") or 0.0) >= 0.05]
+    missed, plain = plain_misses(incidents)
     if plain:
-        head += (f"<p>{len(plain)} of the {len(missed)} missed incidents left evidence that at "
+        head += (f"<p>{plain} of the {missed} missed incidents left evidence that at "
                  "least 1 in 20 advertisers without incidents match over the same span (honest "
                  "rank &ge; 0.05): a detector that caught them on it would flag at least that "
                  "share of honest advertisers too.</p>")
@@ -117,7 +111,7 @@ def _incident_table(incidents: list[dict[str, Any]], slower_than: float) -> str:
                   f"{r['minutes']:g}",
                   "missed" if r["delay_windows"] is None else f"{r['delay_windows']:g}",
                   *(f"{r['evidence'][n]:g}" for n in names), *surprise_cells(r),
-                  *([_rank(r.get("honest_rank"))] if ranked else []),
+                  *([rank_cell(r)] if ranked else []),
                   ", ".join(r["reasons"] or ())]
         out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
     return "".join(out) + "</table></div>"

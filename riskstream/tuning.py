@@ -58,9 +58,14 @@ from riskstream.alerts import alert_id_for
 from riskstream.backtest import read_lines
 from riskstream.evaluation import (
     EVIDENCE,
+    GRACE_WINDOWS,
+    combine,
     evaluate,
     honest_ranks,
     incident_evidence,
+    missed_or_late,
+    parse_thresholds,
+    rank_cell,
     surprise_cells,
 )
 from riskstream.decision import DecisionConfig, decide, evaluate_rules
@@ -228,9 +233,6 @@ def summary_line(ev: dict[str, Any]) -> str:
 
 
 # -- several runs: operating points, and the incidents behind the figures ---------------------
-GRACE_WINDOWS = 30  # an alert up to 30 windows after an incident's end counts, as in backtest
-
-
 class Run:
     """One captured run (a seed): its features header (``features_header``) and windows, and
     its truth."""
@@ -267,29 +269,6 @@ class Run:
         wm = self.window_ms
         return evaluate(alerts, self.truth, window_ms=wm, grace_ms=GRACE_WINDOWS * wm,
                         advertiser_hours=len(self.windows) * wm / 3_600_000)
-
-
-def combine(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
-    """One evaluation of several runs: counts summed, delays pooled (median and p90 of all
-    detected incidents), per-kind figures summed."""
-    total: dict[str, Any] = {k: sum(ev[k] for ev in evaluations) for k in (
-        "incidents", "detected", "alert_episodes", "true_episodes", "benign_lookalikes",
-        "alerts_on_benign", "alerts_total")}
-    delays = sorted(d for ev in evaluations for d in ev["delays_windows"])
-    per_kind: dict[str, dict[str, int]] = {}
-    for ev in evaluations:
-        for kind, k in ev["per_kind"].items():
-            into = per_kind.setdefault(kind, {"incidents": 0, "detected": 0})
-            into["incidents"] += k["incidents"]
-            into["detected"] += k["detected"]
-    total.update(
-        delays_windows=delays, per_kind=per_kind,
-        incident_recall=total["detected"] / total["incidents"] if total["incidents"] else None,
-        episode_precision=(total["true_episodes"] / total["alert_episodes"]
-                           if total["alert_episodes"] else None),
-        median_delay_windows=delays[len(delays) // 2] if delays else None,
-        p90_delay_windows=delays[int(len(delays) * 0.9)] if delays else None)
-    return total
 
 
 def sweep(runs: list[Run], thresholds: Iterable[float],
@@ -356,7 +335,7 @@ def incidents_table(rows: list[dict[str, Any]]) -> str:
           format(r["minutes"], "g"),
           "missed" if r["delay_windows"] is None else format(r["delay_windows"], "g"),
           *(format(r["evidence"][k], "g") for k in EVIDENCE), *surprise_cells(r),
-          *([_fmt(r.get("honest_rank"))] if ranked else []),
+          *([rank_cell(r)] if ranked else []),
           ", ".join(r["reasons"] or ())] for r in rows))
 
 
@@ -400,9 +379,16 @@ def _assignments(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     return [parse_assignment(s, module) for s in args.set or ()]
 
 
+def _thresholds(text: str) -> list[float]:
+    try:
+        return parse_thresholds(text)
+    except ValueError as exc:  # argparse shows the message of this one
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     runs = _runs(args)
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    thresholds = args.thresholds
     curves = {}
     with constants(_assignments(args)):
         curves[args.model] = sweep(runs, thresholds, args.model)
@@ -428,8 +414,7 @@ def _cmd_incidents(args: argparse.Namespace) -> int:
                 run_honest_ranks(run, run_rows)
             rows += run_rows
     print(summary_line(combine(evaluations)))
-    shown = [r for r in rows if args.all or r["delay_windows"] is None
-             or r["delay_windows"] > args.slower_than]
+    shown = rows if args.all else missed_or_late(rows, args.slower_than)
     print(incidents_table(shown))
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(rows))
@@ -471,7 +456,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m riskstream.tuning
     w.add_argument("--against", action="append", metavar="SPEC",
                    help="also the curve of this model spec, on the same runs (repeatable): "
                         "compare models at equal precision, not at one threshold")
-    w.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95",
+    w.add_argument("--thresholds", type=_thresholds, default="0.5,0.6,0.7,0.8,0.9,0.95",
                    help="comma-separated alert thresholds (default %(default)s)")
     w.set_defaults(func=_cmd_sweep)
     i = several("incidents", "per incident: delay and the evidence it left (missed and slow "
